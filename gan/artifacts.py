@@ -1,0 +1,95 @@
+"""The files a run leaves behind: ``config.json`` and ``generator.safetensors``, and loading them back."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from gan.models import Generator
+
+CONFIG_FILE = "config.json"
+GENERATOR_FILE = "generator.safetensors"
+
+
+class ArtifactError(RuntimeError):
+    """A run folder or one of its files is missing or unreadable; the message says which and what to do."""
+
+
+def versions() -> dict[str, str]:
+    import accelerate
+    import torchvision
+
+    return {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "torchvision": torchvision.__version__,
+        "accelerate": accelerate.__version__,
+        "cuda": str(torch.version.cuda),
+    }
+
+
+def write_json_atomic(path: str | os.PathLike, payload: dict[str, Any]) -> None:
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(payload, indent=2, sort_keys=False) + "\n")
+    os.replace(tmp, path)
+
+
+def plain_state_dict(generator: nn.Module) -> dict[str, torch.Tensor]:
+    """The generator's weights as a plain :class:`Generator` holds them (BatchNorm2d keys, fp32, CPU, contiguous).
+
+    Loading into a fresh ``Generator`` first proves that the keys are the plain model's, whatever synchronized
+    BatchNorm or wrapper the training used.
+    """
+    state = {k: v.detach().float().cpu() for k, v in generator.state_dict().items()}
+    latent_dim = state["main.0.weight"].shape[0]
+    base_width = state["main.0.weight"].shape[1] // 4
+    plain = Generator(latent_dim, base_width)
+    plain.load_state_dict(state)
+    return {k: v.contiguous() for k, v in plain.state_dict().items()}
+
+
+def save_generator(generator: nn.Module, path: str | os.PathLike, metadata: dict[str, str] | None = None) -> None:
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    save_file(plain_state_dict(generator), str(tmp), metadata=metadata)
+    os.replace(tmp, path)
+
+
+def read_config(run_dir: str | os.PathLike) -> dict[str, Any]:
+    path = Path(run_dir) / CONFIG_FILE
+    if not path.is_file():
+        raise ArtifactError(f"{path} does not exist: {run_dir} is not a finished training run (no {CONFIG_FILE}).")
+    try:
+        return json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise ArtifactError(f"{path} is not valid JSON ({error}); the run folder is damaged.") from None
+
+
+def load_generator(run_dir: str | os.PathLike, device: str | torch.device = "cpu") -> tuple[Generator, dict[str, Any]]:
+    """The run's final generator (eval mode, plain BatchNorm) and its config.json contents."""
+    config = read_config(run_dir)
+    path = Path(run_dir) / GENERATOR_FILE
+    if not path.is_file():
+        raise ArtifactError(f"{path} does not exist: the run in {run_dir} did not finish writing its generator.")
+    try:
+        state = load_file(str(path), device=str(device))
+    except (SafetensorError, OSError, ValueError) as error:
+        raise ArtifactError(
+            f"{path} is not a readable safetensors file ({error}); it is corrupt or truncated. Re-run training or "
+            f"restore the file."
+        ) from None
+    generator = Generator(config["latent_dim"], config["base_width"]).to(device)
+    try:
+        generator.load_state_dict(state)
+    except RuntimeError as error:
+        raise ArtifactError(f"{path} does not hold the generator that {CONFIG_FILE} describes: {error}") from None
+    return generator.eval(), config

@@ -1,0 +1,121 @@
+"""One typed training config: CLI flags map one to one onto its fields; defaults are the chapter's."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import sys
+from dataclasses import dataclass, field
+from typing import Any
+
+from gan.data import SPLITS
+
+MIXED_PRECISION = ("no", "fp16", "bf16")
+
+
+def _flag(help: str, **argparse_kwargs: Any) -> dict[str, Any]:
+    return {"help": help, **argparse_kwargs}
+
+
+@dataclass
+class TrainConfig:
+    """Every setting of a training run; saved in ``config.json`` and in every checkpoint."""
+
+    data_dir: str = field(default="data", metadata=_flag("folder that holds KMNIST/raw/ (downloaded there if missing)"))
+    split: str = field(
+        default="train", metadata=_flag("train: 60,000 images (the chapter's), test: 10,000, all: 70,000", choices=SPLITS)
+    )
+    no_download: bool = field(default=False, metadata=_flag("never download; fail if a file is missing"))
+    epochs: int = field(default=5, metadata=_flag("passes over the split"))
+    max_steps: int = field(default=0, metadata=_flag("stop after this many steps (0: no limit)"))
+    batch_size: int = field(default=128, metadata=_flag("GLOBAL batch size, split evenly across processes"))
+    lr: float = field(default=2e-4, metadata=_flag("Adam learning rate of both networks"))
+    beta1: float = field(default=0.5, metadata=_flag("Adam beta1"))
+    beta2: float = field(default=0.999, metadata=_flag("Adam beta2"))
+    latent_dim: int = field(default=100, metadata=_flag("size of the generator's noise vector"))
+    base_width: int = field(default=28, metadata=_flag("channel width unit of both networks (the chapter's 28)"))
+    seed: int = field(default=0, metadata=_flag("run seed: weights, data order, noise"))
+    mixed_precision: str | None = field(
+        default=None, metadata=_flag("no|fp16|bf16 (default: the accelerate config's)", choices=MIXED_PRECISION)
+    )
+    dtype: str = field(
+        default="float32",
+        metadata=_flag(
+            "weights and compute dtype (no autocast): float64 is for numerical verification, such as "
+            "checking that 1 and N processes train the same model",
+            choices=("float32", "float64"),
+        ),
+    )
+    cpu: bool = field(default=False, metadata=_flag("train on CPU even where a GPU exists (gloo across processes)"))
+    sync_bn: bool | None = field(
+        default=None,
+        metadata=_flag("synchronize BatchNorm statistics across processes (default: on when >1 process)",
+                       action=argparse.BooleanOptionalAction),
+    )
+    output_dir: str = field(default="runs", metadata=_flag("folder that receives one sub-folder per run"))
+    run_name: str | None = field(default=None, metadata=_flag("name of the run's folder (default: a timestamp)"))
+    sample_every: int = field(default=50, metadata=_flag("steps between fixed-noise sample grids"))
+    log_every: int = field(default=50, metadata=_flag("steps between plain log lines when stdout is not a terminal"))
+
+    def problems(self) -> list[str]:
+        """Everything wrong with the values, as flag-named sentences (empty when all is well)."""
+        found = []
+        positive = ("epochs", "batch_size", "latent_dim", "base_width", "sample_every", "log_every")
+        for name in positive:
+            if getattr(self, name) < 1:
+                found.append(f"--{_kebab(name)} must be at least 1, got {getattr(self, name)}")
+        if self.max_steps < 0:
+            found.append(f"--max-steps must be 0 (no limit) or positive, got {self.max_steps}")
+        if not self.lr > 0:
+            found.append(f"--lr must be positive, got {self.lr}")
+        for name in ("beta1", "beta2"):
+            if not 0 <= getattr(self, name) < 1:
+                found.append(f"--{name} must be in [0, 1), got {getattr(self, name)}")
+        if self.seed < 0:
+            found.append(f"--seed must be non-negative, got {self.seed}")
+        if self.run_name is not None and (not self.run_name or "/" in self.run_name or self.run_name in (".", "..")):
+            found.append(f"--run-name must be a plain folder name, got {self.run_name!r}")
+        if self.dtype == "float64" and self.mixed_precision not in (None, "no"):
+            found.append(f"--dtype float64 cannot be combined with --mixed-precision {self.mixed_precision}")
+        return found
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> TrainConfig:
+        names = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in values.items() if k in names})
+
+
+def _kebab(name: str) -> str:
+    return name.replace("_", "-")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="train_ddp.py",
+        description="Train the chapter's DCGAN on Kuzushiji-MNIST; run it with `accelerate launch train_ddp.py`.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    for spec in dataclasses.fields(TrainConfig):
+        kwargs = dict(spec.metadata)
+        if spec.type in ("bool", bool) and "action" not in kwargs:
+            kwargs["action"] = "store_true"
+        elif "action" not in kwargs:
+            kwargs["type"] = {"int": int, "float": float}.get(str(spec.type), str)
+            kwargs["metavar"] = spec.name.upper()
+        parser.add_argument(f"--{_kebab(spec.name)}", dest=spec.name, default=spec.default, **kwargs)
+    return parser
+
+
+def parse_config(argv: list[str] | None = None) -> TrainConfig:
+    """Parse flags into a :class:`TrainConfig`; on any invalid value print every problem and exit with status 2."""
+    parser = build_parser()
+    config = TrainConfig(**vars(parser.parse_args(argv)))
+    problems = config.problems()
+    if problems:
+        parser.print_usage(sys.stderr)
+        listing = "\n".join(f"  - {p}" for p in problems)
+        parser.exit(2, f"{parser.prog}: error: invalid arguments:\n{listing}\n")
+    return config

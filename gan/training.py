@@ -1,0 +1,93 @@
+"""One GAN training step (the chapter's D step, then G step) and the noise that feeds it."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from accelerate import Accelerator
+from torch import nn
+
+METRIC_NAMES = ("d_loss", "g_loss", "d_real", "d_fake")
+_FIXED_NOISE_STREAM = 1  # keeps the fixed grid's noise apart from the per-step noise of the same seed
+_STEP_NOISE_STREAM = 2
+
+
+def _seeded(seed: int, stream: int, index: int = 0) -> torch.Generator:
+    return torch.Generator().manual_seed((seed * 1_000_003 + stream) * 1_000_000_007 + index)
+
+
+def fixed_noise(seed: int, latent_dim: int, count: int = 64) -> torch.Tensor:
+    """The fixed noise batch (CPU) behind the sample grids; the same for the whole run and on every process."""
+    return torch.randn(count, latent_dim, generator=_seeded(seed, _FIXED_NOISE_STREAM))
+
+
+def step_noise(
+    seed: int, step: int, global_batch_size: int, latent_dim: int, process_index: int, num_processes: int
+) -> torch.Tensor:
+    """This process's slice of the step's global noise batch (CPU).
+
+    The whole global batch depends only on (seed, step), so the run sees the same noise whatever the number of
+    processes; each process takes its contiguous share, in the same order as the data shards.
+    """
+    noise = torch.randn(global_batch_size, latent_dim, generator=_seeded(seed, _STEP_NOISE_STREAM, step))
+    local = global_batch_size // num_processes
+    return noise[process_index * local : (process_index + 1) * local]
+
+
+@dataclass
+class GAN:
+    """The two prepared networks and their optimizers."""
+
+    generator: nn.Module
+    discriminator: nn.Module
+    generator_optimizer: torch.optim.Optimizer
+    discriminator_optimizer: torch.optim.Optimizer
+
+
+def _bce(logits: torch.Tensor, target: float) -> torch.Tensor:
+    # BCE-with-logits in fp32: the chapter's Sigmoid + BCELoss objective, stable, and allowed under autocast
+    logits = logits.float()
+    return F.binary_cross_entropy_with_logits(logits, torch.full_like(logits, target))
+
+
+def train_step(accelerator: Accelerator, gan: GAN, real: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+    """One D step then one G step on this process's share of the batch.
+
+    Returns the detached metrics [d_loss, g_loss, d_real, d_fake] (order of ``METRIC_NAMES``) of this process;
+    d_real and d_fake are the mean probabilities D(x) and D(G(z)) seen by the D step.
+    """
+    # (1) Update D: maximize log D(x) + log(1 - D(G(z)))
+    real_logits = gan.discriminator(real)  # (B,)
+    fake = gan.generator(noise)  # (B, 1, 28, 28)
+    fake_logits = gan.discriminator(fake.detach())  # (B,)
+    d_loss = _bce(real_logits, 1.0) + _bce(fake_logits, 0.0)
+    # One backward for both halves: the same gradient as two, and one DDP all-reduce instead of two.
+    gan.discriminator_optimizer.zero_grad(set_to_none=True)
+    accelerator.backward(d_loss)
+    gan.discriminator_optimizer.step()
+
+    # (2) Update G: maximize log D(G(z)) (fakes labelled real: the non-saturating loss)
+    g_loss = _bce(gan.discriminator(fake), 1.0)
+    gan.generator_optimizer.zero_grad(set_to_none=True)
+    accelerator.backward(g_loss)
+    gan.generator_optimizer.step()
+
+    with torch.no_grad():
+        return torch.stack(
+            [
+                d_loss.detach(),
+                g_loss.detach(),
+                torch.sigmoid(real_logits.detach().float()).mean(),
+                torch.sigmoid(fake_logits.detach().float()).mean(),
+            ]
+        )
+
+
+def skipped_steps(gan: GAN) -> int:
+    """How many of this step's two optimizer steps fp16 loss scaling skipped (gradient overflow)."""
+    return sum(
+        int(getattr(opt, "step_was_skipped", False))
+        for opt in (gan.discriminator_optimizer, gan.generator_optimizer)
+    )
