@@ -21,9 +21,10 @@ def _flag(help: str, **argparse_kwargs: Any) -> dict[str, Any]:
 class TrainConfig:
     """Every setting of a training run; saved in ``config.json`` and in every checkpoint."""
 
-    data_dir: str = field(default="data", metadata=_flag("folder that holds KMNIST/raw/ (downloaded there if missing)"))
+    data_dir: str = field(default="data", metadata=_flag("folder with KMNIST/raw/ (downloaded there if missing)"))
     split: str = field(
-        default="train", metadata=_flag("train: 60,000 images (the chapter's), test: 10,000, all: 70,000", choices=SPLITS)
+        default="train",
+        metadata=_flag("train: 60,000 images (the chapter's), test: 10,000, all: 70,000", choices=SPLITS),
     )
     no_download: bool = field(default=False, metadata=_flag("never download; fail if a file is missing"))
     epochs: int = field(default=5, metadata=_flag("passes over the split"))
@@ -56,11 +57,30 @@ class TrainConfig:
     run_name: str | None = field(default=None, metadata=_flag("name of the run's folder (default: a timestamp)"))
     sample_every: int = field(default=50, metadata=_flag("steps between fixed-noise sample grids"))
     log_every: int = field(default=50, metadata=_flag("steps between plain log lines when stdout is not a terminal"))
+    report_to: str = field(
+        default="wandb", metadata=_flag("experiment tracker", choices=("wandb", "tensorboard", "none"))
+    )
+    wandb_project: str = field(default="kmnist-gan", metadata=_flag("W&B project"))
+    wandb_entity: str | None = field(default=None, metadata=_flag("W&B entity (team or user)"))
+    wandb_mode: str | None = field(
+        default=None,
+        metadata=_flag("W&B mode (default: online when logged in and the server answers, else offline)",
+                       choices=("online", "offline", "disabled")),
+    )
+    ema_decay: float = field(default=0.999, metadata=_flag("EMA decay of the generator's weights (0: no EMA)"))
+    checkpoint_every: int = field(default=0, metadata=_flag("steps between checkpoints (0: once per epoch)"))
+    keep_checkpoints: int = field(default=3, metadata=_flag("how many of the newest checkpoints to keep"))
+    resume: str | None = field(
+        default=None,
+        metadata=_flag("continue a run: 'latest' (the newest checkpoint of --run-name, or of the newest run), "
+                       "'auto' (latest if there is one, else start fresh), or a checkpoint/run folder"),
+    )
+    deterministic: bool = field(default=False, metadata=_flag("use only deterministic kernels (slower on GPU)"))
 
     def problems(self) -> list[str]:
         """Everything wrong with the values, as flag-named sentences (empty when all is well)."""
         found = []
-        positive = ("epochs", "batch_size", "latent_dim", "base_width", "sample_every", "log_every")
+        positive = ("epochs", "batch_size", "latent_dim", "base_width", "sample_every", "log_every", "keep_checkpoints")
         for name in positive:
             if getattr(self, name) < 1:
                 found.append(f"--{_kebab(name)} must be at least 1, got {getattr(self, name)}")
@@ -71,6 +91,10 @@ class TrainConfig:
         for name in ("beta1", "beta2"):
             if not 0 <= getattr(self, name) < 1:
                 found.append(f"--{name} must be in [0, 1), got {getattr(self, name)}")
+        if self.checkpoint_every < 0:
+            found.append(f"--checkpoint-every must be 0 (once per epoch) or positive, got {self.checkpoint_every}")
+        if not 0 <= self.ema_decay < 1:
+            found.append(f"--ema-decay must be in [0, 1) (0 turns EMA off), got {self.ema_decay}")
         if self.seed < 0:
             found.append(f"--seed must be non-negative, got {self.seed}")
         if self.run_name is not None and (not self.run_name or "/" in self.run_name or self.run_name in (".", "..")):

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import dataclasses
+import math
+import os
+import signal
 import sys
 import time
 import warnings
@@ -10,30 +14,63 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from accelerate import Accelerator
 from accelerate.utils import DistributedDataParallelKwargs, broadcast_object_list
 from tqdm.auto import tqdm
 
-from gan.artifacts import CONFIG_FILE, GENERATOR_FILE, save_generator, versions, write_json_atomic
+from gan import pictures
+from gan.artifacts import CONFIG_FILE, GENERATOR_FILE, read_config, save_generator, versions, write_json_atomic
+from gan.checkpointing import CheckpointError, UnsafeCheckpointError, checkpoint_dirs, load_checkpoint, save_checkpoint
 from gan.config import TrainConfig
 from gan.data import DataError, KMNISTData, ShardedBatches, ensure_files, load_kmnist, to_uint8
+from gan.ema import GeneratorEMA
 from gan.models import Discriminator, Generator
+from gan.preemption import StopRequest
 from gan.sync_batchnorm import convert_sync_batchnorm
+from gan.tracking import Tracker
 from gan.training import GAN, METRIC_NAMES, fixed_noise, skipped_steps, step_noise, train_step
+
+TRAINED_GENERATOR_FILE = "generator_trained.safetensors"
+# Settings a resumed run takes from its checkpointed config: changing them would not continue the same run.
+RESUME_FIXED = ("data_dir", "split", "batch_size", "lr", "beta1", "beta2", "latent_dim", "base_width", "seed",
+                "dtype", "ema_decay", "sample_every", "mixed_precision", "sync_bn", "run_name", "output_dir")
 
 
 class SetupError(ValueError):
     """A setting that cannot work with the processes or devices this run was launched on (exit status 2)."""
 
 
+class NonFiniteLossError(FloatingPointError):
+    """A loss became NaN or infinite; no checkpoint of the broken weights is written."""
+
+
+class PreemptedError(Exception):
+    """The run stopped on SIGTERM/SIGINT after writing a checkpoint; ``--resume latest`` continues it."""
+
+    def __init__(self, signum: int, checkpoint: Path):
+        super().__init__(f"stopped by signal {signum} after writing {checkpoint}")
+        self.signum, self.checkpoint = signum, checkpoint
+
+
+@dataclass
+class TrainerState:
+    """The trainer's own counters and records: checkpointed, restored exactly on resume."""
+
+    step: int = 0
+    epoch: int = 0
+    batch_in_epoch: int = 0
+    skipped_steps: int = 0
+    wandb_run_id: str | None = None
+    history: list[dict[str, float]] = field(default_factory=list)
+    grid_steps: list[int] = field(default_factory=list)
+
+
 @dataclass
 class RunResult:
     run_dir: Path
-    steps: int
-    history: list[dict[str, float]] = field(default_factory=list)
-    sample_grids: list[tuple[int, torch.Tensor]] = field(default_factory=list)  # (step, uint8 [64, 28, 28])
-    skipped_steps: int = 0
+    state: TrainerState
 
 
 def make_accelerator(config: TrainConfig) -> Accelerator:
@@ -153,7 +190,7 @@ class Progress:
 
 
 @torch.no_grad()
-def sample_grid(generator: torch.nn.Module, noise: torch.Tensor) -> torch.Tensor:
+def sample_images(generator: torch.nn.Module, noise: torch.Tensor) -> torch.Tensor:
     """uint8 [N, 28, 28] from the generator in eval mode (running BatchNorm statistics, no cross-process work)."""
     was_training = generator.training
     generator.eval()
@@ -162,89 +199,230 @@ def sample_grid(generator: torch.nn.Module, noise: torch.Tensor) -> torch.Tensor
     return to_uint8(images[:, 0]).cpu()
 
 
+def find_resume_checkpoint(config: TrainConfig) -> Path | None:
+    """The checkpoint ``--resume`` names (None: start fresh). Raises SetupError when there is nothing to resume."""
+    if config.resume is None:
+        return None
+    if config.resume in ("latest", "auto"):
+        output = Path(config.output_dir)
+        if config.run_name:
+            runs = [output / config.run_name]
+        else:
+            runs = sorted((p for p in output.glob("*") if checkpoint_dirs(p)), key=lambda p: p.stat().st_mtime)[-1:]
+        if runs and checkpoint_dirs(runs[0]):
+            return runs[0]
+        if config.resume == "auto":
+            return None
+        where = output / config.run_name if config.run_name else output
+        raise SetupError(f"  - --resume latest: no checkpoint under {where}; start a new run without --resume")
+    path = Path(config.resume)
+    if path.is_dir() and (checkpoint_dirs(path) or (path.parent.name == "checkpoints")):
+        return path
+    raise SetupError(f"  - --resume {config.resume}: not a run folder with checkpoints nor a checkpoint folder")
+
+
+def resumed_config(config: TrainConfig, target: Path) -> TrainConfig:
+    """The run's saved settings for everything that defines it; this launch's for the rest (epochs, ...)."""
+    run_dir = target.parent.parent if target.parent.name == "checkpoints" else target
+    saved = read_config(run_dir)
+    values = config.to_dict()
+    values.update({k: saved[k] for k in RESUME_FIXED if k in saved})
+    values.update(run_name=run_dir.name, output_dir=str(run_dir.parent))
+    return TrainConfig(**values)
+
+
+def restore(accelerator: Accelerator, target: Path) -> tuple[Path, dict, dict[str, torch.Tensor]]:
+    """Load the checkpoint ``target`` names (a checkpoint, or a run's newest good one, falling back past damage)."""
+    candidates = [target] if target.parent.name == "checkpoints" else list(reversed(checkpoint_dirs(target)))
+    for index, candidate in enumerate(candidates):
+        try:
+            state, tensors = load_checkpoint(accelerator, candidate)
+            return candidate, state, tensors
+        except UnsafeCheckpointError:
+            raise
+        except CheckpointError as error:
+            if accelerator.is_main_process:
+                later = " ; trying the previous one" if index + 1 < len(candidates) else ""
+                print(f"warning: checkpoint {candidate} is damaged: {error}{later}", file=sys.stderr, flush=True)
+    raise CheckpointError(f"no readable checkpoint in {target}")
+
+
+def _training_tensors(ema: GeneratorEMA | None, grid_noise: torch.Tensor, grids: list[torch.Tensor],
+                      real_samples: torch.Tensor | None) -> dict[str, torch.Tensor]:
+    tensors = {"fixed_noise": grid_noise.float()}
+    if ema is not None:
+        tensors.update({f"ema.{k}": v for k, v in ema.model.state_dict().items()})
+        tensors["ema.updates"] = torch.tensor(ema.updates)
+    if grids:
+        tensors["grids"] = torch.stack(grids)
+    if real_samples is not None:
+        tensors["real_samples"] = real_samples
+    return tensors
+
+
 def train(config: TrainConfig) -> RunResult:
+    resume_target = find_resume_checkpoint(config)
+    if resume_target is not None:
+        config = resumed_config(config, resume_target)
+    if config.deterministic:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # cuBLAS needs it before its first call
+        torch.use_deterministic_algorithms(True)
+        torch.backends.cudnn.benchmark = False
     accelerator = make_accelerator(config)
     problems = setup_problems(config, accelerator)
     if problems:
         raise SetupError("\n".join(f"  - {p}" for p in problems))
     sync_bn = accelerator.num_processes > 1 if config.sync_bn is None else config.sync_bn
     run_dir = resolve_run_dir(config, accelerator)
-    if accelerator.is_main_process and (run_dir / CONFIG_FILE).exists():
-        raise SetupError(f"  - {run_dir} already holds a run; choose another --run-name or --output-dir")
+    if resume_target is None and accelerator.is_main_process and (run_dir / CONFIG_FILE).exists():
+        raise SetupError(f"  - {run_dir} already holds a run; choose another --run-name, or continue it with "
+                         f"--resume latest --run-name {run_dir.name}")
 
     data = load_data(config, accelerator)
     dtype = getattr(torch, config.dtype)
-    batches = ShardedBatches(
-        data.images.to(accelerator.device),
-        config.batch_size,
-        config.seed,
-        accelerator.process_index,
-        accelerator.num_processes,
-        dtype,
-    )
+    device = accelerator.device
+    batches = ShardedBatches(data.images.to(device), config.batch_size, config.seed,
+                             accelerator.process_index, accelerator.num_processes, dtype)
     total_steps = batches.steps_per_epoch * config.epochs
     if config.max_steps:
         total_steps = min(total_steps, config.max_steps)
+    checkpoint_every = config.checkpoint_every or batches.steps_per_epoch
 
     gan = build_gan(config, accelerator, sync_bn)
+    generator = accelerator.unwrap_model(gan.generator)
+    ema = GeneratorEMA(generator, config.ema_decay, device) if config.ema_decay > 0 else None
+    grid_noise = fixed_noise(config.seed, config.latent_dim).to(device, dtype)
+    state, grids, real_samples = TrainerState(), [], None
+    if resume_target is not None:
+        checkpoint, saved, tensors = restore(accelerator, resume_target)
+        state = TrainerState(**saved)
+        grids = list(tensors["grids"]) if "grids" in tensors else []
+        real_samples = tensors.get("real_samples")
+        if ema is not None:
+            ema.model.load_state_dict({k[4:]: v for k, v in tensors.items() if k.startswith("ema.main")})
+            ema.updates = int(tensors["ema.updates"])
+        if accelerator.is_main_process:
+            print(f"resumed from {checkpoint} at step {state.step}", flush=True)
+
     metadata = run_metadata(config, accelerator, run_dir, sync_bn)
+    metadata["generator_weights"] = "ema" if ema is not None else "trained"
     if accelerator.is_main_process:
         run_dir.mkdir(parents=True, exist_ok=True)
         write_json_atomic(run_dir / CONFIG_FILE, metadata)
+    tracker = Tracker(accelerator, config.report_to, run_dir, config.wandb_project, config.wandb_entity,
+                      config.wandb_mode, metadata, state.wandb_run_id)
+    state.wandb_run_id = tracker.run_id
+    sampler = ema.model if ema is not None else generator  # what the grids and generator.safetensors show
 
-    result = RunResult(run_dir, 0)
-    grid_noise = fixed_noise(config.seed, config.latent_dim).to(accelerator.device, dtype)
+    saved_steps = {state.step} if resume_target is not None else set()
+
+    def checkpoint() -> Path:
+        saved_steps.add(state.step)
+        return save_checkpoint(accelerator, run_dir, state.step, dataclasses.asdict(state),
+                               _training_tensors(ema, grid_noise, grids, real_samples), config.keep_checkpoints)
+
+    stop = StopRequest()
     progress = Progress(total_steps, accelerator.is_main_process, config.log_every)
-    pending: list[torch.Tensor] = []  # per-step metrics still on the device; read back at log points only
-    interval_start, interval_steps = time.perf_counter(), 0
-    step = 0
-    for epoch in range(config.epochs):
-        for real in batches.epoch(epoch):
-            if step >= total_steps:
-                break
-            noise = step_noise(
-                config.seed,
-                step,
-                config.batch_size,
-                config.latent_dim,
-                accelerator.process_index,
-                accelerator.num_processes,
-            ).to(accelerator.device, dtype)
-            pending.append(accelerator.reduce(train_step(accelerator, gan, real, noise), reduction="mean"))
-            result.skipped_steps += skipped_steps(gan)
-            step += 1
-            interval_steps += 1
-            if accelerator.is_main_process and (step % config.sample_every == 0 or step == total_steps):
-                result.sample_grids.append(
-                    (step, sample_grid(accelerator.unwrap_model(gan.generator), grid_noise))
-                )
-            if step % config.log_every == 0 or step == total_steps or progress.interactive:
-                values = torch.stack(pending).float().cpu().tolist()
-                first = step - len(values) + 1
-                result.history.extend(
-                    {"step": first + i, "epoch": epoch, **dict(zip(METRIC_NAMES, row, strict=True))}
-                    for i, row in enumerate(values)
-                )
-                pending.clear()
-                elapsed = time.perf_counter() - interval_start
-                progress.update(step, epoch, result.history[-1], interval_steps * config.batch_size / elapsed)
-                interval_start, interval_steps = time.perf_counter(), 0
-    progress.close()
-    result.steps = step
+    progress.bar.update(state.step)
+    try:
+        while state.step < total_steps:
+            for real in batches.epoch(state.epoch, state.batch_in_epoch):
+                if state.step >= total_steps:
+                    break
+                if real_samples is None:
+                    real_samples = to_uint8(real[:16, 0]).cpu()  # the main process holds the global batch's head
+                step_start = time.perf_counter()
+                noise = step_noise(config.seed, state.step, config.batch_size, config.latent_dim,
+                                   accelerator.process_index, accelerator.num_processes).to(device, dtype)
+                metrics = train_step(accelerator, gan, real, noise)
+                flags = torch.tensor([skipped_steps(gan), float(stop.requested)], device=device, dtype=metrics.dtype)
+                # one small all-reduce per step: metrics averaged over processes, and any process's stop request
+                values = accelerator.reduce(torch.cat([metrics, flags]), reduction="mean").float().cpu().tolist()
+                state.step += 1
+                state.batch_in_epoch += 1
+                if not all(map(math.isfinite, values[:2])):
+                    raise NonFiniteLossError(
+                        f"the loss became non-finite at step {state.step} (d_loss {values[0]}, g_loss {values[1]}); "
+                        f"no checkpoint was written for it. Lower --lr, or resume from the last checkpoint "
+                        f"with --resume latest."
+                    )
+                if ema is not None:
+                    ema.update(generator)
+                state.skipped_steps += round(values[4] * accelerator.num_processes)
+                images_per_second = config.batch_size / (time.perf_counter() - step_start)
+                row = {"step": state.step, "epoch": state.epoch, **dict(zip(METRIC_NAMES, values[:4], strict=True)),
+                       "images_per_second": images_per_second,
+                       "lr_generator": gan.generator_optimizer.param_groups[0]["lr"],
+                       "lr_discriminator": gan.discriminator_optimizer.param_groups[0]["lr"],
+                       "skipped_steps": state.skipped_steps}
+                if accelerator.scaler is not None:
+                    row["loss_scale"] = accelerator.scaler.get_scale()
+                state.history.append(row)
+                tracker.log(row, step=state.step)
+                if accelerator.is_main_process and (state.step % config.sample_every == 0 or state.step == total_steps):
+                    grids.append(sample_images(sampler, grid_noise))
+                    state.grid_steps.append(state.step)
+                    tracker.log_image("samples/fixed_noise", pictures.tile(grids[-1].numpy(), columns=8),
+                                      step=state.step, caption=f"step {state.step}")
+                if state.step % config.log_every == 0 or state.step == total_steps or progress.interactive:
+                    progress.update(state.step, state.epoch, row, images_per_second)
+                if values[5] > 0:  # a process was asked to stop: all checkpoint this same step, then leave
+                    path = checkpoint()
+                    tracker.log({"preempted_at_step": state.step}, step=state.step)
+                    raise PreemptedError(stop.signum or signal.SIGTERM, path)
+                if state.step % checkpoint_every == 0 and state.step < total_steps:
+                    checkpoint()
+            else:
+                state.epoch += 1
+                state.batch_in_epoch = 0
+        progress.close()
+        if state.step not in saved_steps:
+            checkpoint()
+        finish_run(accelerator, config, run_dir, metadata, state, generator, ema, grids, real_samples, tracker)
+    except PreemptedError:
+        if accelerator.is_main_process:
+            progress.close()
+        tracker.finish()
+        raise
+    finally:
+        stop.restore()
+    return RunResult(run_dir, state)
 
+
+def finish_run(accelerator: Accelerator, config: TrainConfig, run_dir: Path, metadata: dict, state: TrainerState,
+               generator: torch.nn.Module, ema: GeneratorEMA | None, grids: list[torch.Tensor],
+               real_samples: torch.Tensor | None, tracker: Tracker) -> None:
+    """The final generator, config, pictures and metrics table (main process), logged to the tracker too."""
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
-        save_generator(
-            accelerator.unwrap_model(gan.generator),
-            run_dir / GENERATOR_FILE,
-            metadata={"run_name": run_dir.name, "step": str(step)},
-        )
-        metadata.update(final_step=step, skipped_steps=result.skipped_steps)
+        which = "ema" if ema is not None else "trained"
+        weights_metadata = {"run_name": run_dir.name, "step": str(state.step), "weights": which}
+        save_generator(ema.model if ema is not None else generator, run_dir / GENERATOR_FILE, weights_metadata)
+        if ema is not None:
+            save_generator(generator, run_dir / TRAINED_GENERATOR_FILE, {**weights_metadata, "weights": "trained"})
+        metadata.update(final_step=state.step, skipped_steps=state.skipped_steps)
         write_json_atomic(run_dir / CONFIG_FILE, metadata)
-        print(
-            f"saved {run_dir / GENERATOR_FILE} after {step} steps"
-            + (f" ({result.skipped_steps} fp16 optimizer steps skipped)" if result.skipped_steps else ""),
-            flush=True,
-        )
-    accelerator.end_training()
-    return result
+
+        final_noise = torch.randn(64, config.latent_dim, generator=torch.Generator().manual_seed(config.seed + 1))
+        sampler = ema.model if ema is not None else generator
+        fresh = sample_images(sampler, final_noise.to(next(sampler.parameters()).device,
+                                                      next(sampler.parameters()).dtype))
+        if real_samples is not None:
+            pictures.save_real_samples(run_dir / pictures.REAL_SAMPLES, real_samples.numpy())
+        pictures.save_samples_final(run_dir / pictures.SAMPLES_FINAL, fresh.numpy(), which)
+        pictures.save_samples_over_time(run_dir / pictures.SAMPLES_OVER_TIME,
+                                        list(zip(state.grid_steps, [g.numpy() for g in grids], strict=True)))
+        pictures.save_losses(run_dir / pictures.LOSSES, state.history)
+        pictures.write_metrics_csv(run_dir / pictures.METRICS_CSV, state.history)
+        for name in (pictures.REAL_SAMPLES, pictures.SAMPLES_OVER_TIME, pictures.SAMPLES_FINAL, pictures.LOSSES):
+            if (run_dir / name).exists():
+                tracker.log_image(f"pictures/{Path(name).stem}", plt_image(run_dir / name), step=state.step)
+        print(f"saved {run_dir / GENERATOR_FILE} ({which} weights) after {state.step} steps"
+              + (f" ({state.skipped_steps} fp16 optimizer steps skipped)" if state.skipped_steps else ""), flush=True)
+    tracker.finish()
+
+
+def plt_image(path: Path) -> np.ndarray:
+    import matplotlib.image
+
+    return (matplotlib.image.imread(path)[..., :3] * 255).astype(np.uint8)

@@ -23,10 +23,11 @@ def shared_data() -> Path:
 
 
 def run_command(
-    args: list[str], timeout: float = 300, env: dict[str, str] | None = None, check: bool = True
+    args: list[str], timeout: float = 300, env: dict[str, str | None] | None = None, check: bool = True
 ) -> subprocess.CompletedProcess:
     """Run a real process from the repository root and return it (stdout/stderr as text)."""
     full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
+    full_env = {k: v for k, v in full_env.items() if v is not None}  # None: remove the variable
     completed = subprocess.run(args, cwd=ROOT, env=full_env, capture_output=True, text=True, timeout=timeout)
     if check and completed.returncode != 0:
         raise AssertionError(

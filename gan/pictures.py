@@ -1,0 +1,96 @@
+"""The chapter's pictures and the metrics table, written into the run folder."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only, never a window
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+REAL_SAMPLES = "real_samples.png"
+SAMPLES_OVER_TIME = "samples_over_time.png"
+SAMPLES_FINAL = "samples_final.png"
+LOSSES = "losses.png"
+METRICS_CSV = "metrics.csv"
+
+
+def tile(images: np.ndarray, columns: int | None = None, pad: int = 2) -> np.ndarray:
+    """uint8 [N, H, W] -> one uint8 image with the N images on a grid (white separators)."""
+    count, height, width = images.shape
+    columns = columns or int(np.ceil(np.sqrt(count)))
+    rows = int(np.ceil(count / columns))
+    canvas = np.full((rows * (height + pad) + pad, columns * (width + pad) + pad), 255, dtype=np.uint8)
+    for index, image in enumerate(images):
+        r, c = divmod(index, columns)
+        top, left = pad + r * (height + pad), pad + c * (width + pad)
+        canvas[top : top + height, left : left + width] = image
+    return canvas
+
+
+def _save_image(path: Path, image: np.ndarray, title: str) -> None:
+    figure, axis = plt.subplots(figsize=(6, 6.4), dpi=100)
+    axis.imshow(image, cmap="gray", vmin=0, vmax=255, interpolation="nearest")
+    axis.set_title(title)
+    axis.axis("off")
+    figure.tight_layout()
+    figure.savefig(path)
+    plt.close(figure)
+
+
+def save_real_samples(path: Path, images: np.ndarray) -> None:
+    _save_image(path, tile(images, columns=4), f"Real images: the first {len(images)} of the first batch")
+
+
+def save_samples_final(path: Path, images: np.ndarray, which: str) -> None:
+    _save_image(path, tile(images), f"A fresh batch from the final generator ({which} weights)")
+
+
+def evenly_spaced(items: list, count: int) -> list:
+    if len(items) <= count:
+        return list(items)
+    return [items[round(i * (len(items) - 1) / (count - 1))] for i in range(count)]
+
+
+def save_samples_over_time(path: Path, grids: list[tuple[int, np.ndarray]], panels: int = 16) -> None:
+    """16 fixed-noise grids spread evenly over training, as a 4x4 panel; each grid is its 64 images, 8x8."""
+    chosen = evenly_spaced(grids, panels)
+    side = int(np.ceil(np.sqrt(max(len(chosen), 1))))
+    figure, axes = plt.subplots(side, side, figsize=(3 * side, 3.2 * side), dpi=100, squeeze=False)
+    for axis in axes.flat:
+        axis.axis("off")
+    for axis, (step, grid) in zip(axes.flat, chosen, strict=False):
+        axis.imshow(tile(grid, columns=8, pad=1), cmap="gray", vmin=0, vmax=255, interpolation="nearest")
+        axis.set_title(f"step {step}")
+    figure.suptitle("Samples from the fixed noise over training")
+    figure.tight_layout()
+    figure.savefig(path)
+    plt.close(figure)
+
+
+def save_losses(path: Path, history: list[dict[str, float]]) -> None:
+    steps = [row["step"] for row in history]
+    figure, axis = plt.subplots(figsize=(9, 4.5), dpi=100)
+    axis.plot(steps, [row["d_loss"] for row in history], label="discriminator", linewidth=0.8)
+    axis.plot(steps, [row["g_loss"] for row in history], label="generator", linewidth=0.8)
+    axis.set_xlabel("iteration")
+    axis.set_ylabel("loss")
+    axis.set_title("Losses per iteration")
+    axis.legend()
+    axis.grid(alpha=0.3)
+    figure.tight_layout()
+    figure.savefig(path)
+    plt.close(figure)
+
+
+def write_metrics_csv(path: Path, history: list[dict[str, float]]) -> None:
+    columns: list[str] = []
+    for row in history:
+        columns.extend(key for key in row if key not in columns)
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=columns)
+        writer.writeheader()
+        writer.writerows(history)

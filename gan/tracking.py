@@ -1,0 +1,120 @@
+"""Experiment tracking through accelerate's trackers (W&B by default), with offline W&B as the automatic fallback."""
+
+from __future__ import annotations
+
+import netrc
+import os
+import secrets
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from accelerate import Accelerator
+
+WANDB_HOST = "https://api.wandb.ai"
+
+
+def wandb_logged_in(environ: dict[str, str] | None = None) -> bool:
+    """An API key in the environment or in ~/.netrc (where `wandb login` puts it)."""
+    environ = os.environ if environ is None else environ
+    if environ.get("WANDB_API_KEY"):
+        return True
+    host = environ.get("WANDB_BASE_URL", WANDB_HOST).split("://")[-1].rstrip("/")
+    try:
+        return netrc.netrc().authenticators(host) is not None
+    except (FileNotFoundError, netrc.NetrcParseError, OSError):
+        return False
+
+
+def wandb_server_answers(timeout: float = 3.0, environ: dict[str, str] | None = None) -> bool:
+    environ = os.environ if environ is None else environ
+    url = environ.get("WANDB_BASE_URL", WANDB_HOST)
+    try:
+        urllib.request.urlopen(url, timeout=timeout)  # noqa: S310 (a fixed https URL or the user's own)
+        return True
+    except urllib.error.HTTPError:
+        return True  # the server answered, if only with an error status
+    except (urllib.error.URLError, OSError, ValueError):
+        return False
+
+
+def resolve_wandb_mode(requested: str | None) -> tuple[str, str | None]:
+    """The W&B mode to use and, when it fell back to offline, the line that says why and how to sync.
+
+    An explicit ``--wandb-mode`` wins, then W&B's own WANDB_MODE variable, then the automatic choice.
+    """
+    requested = requested or os.environ.get("WANDB_MODE") or None
+    if requested:
+        return requested, None
+    if not wandb_logged_in():
+        return "offline", "W&B: not logged in (no WANDB_API_KEY, no `wandb login`), logging offline"
+    if not wandb_server_answers():
+        return "offline", "W&B: the server does not answer, logging offline"
+    return "online", None
+
+
+class Tracker:
+    """Scalars and images to the chosen tracker, from the main process only (accelerate's trackers)."""
+
+    def __init__(self, accelerator: Accelerator, report_to: str, run_dir: Path, project: str, entity: str | None,
+                 wandb_mode: str | None, config: dict[str, Any], run_id: str | None = None):
+        self.accelerator = accelerator
+        self.report_to = report_to
+        self.run_id = run_id
+        if report_to == "none":
+            return
+        from accelerate.utils import LoggerType
+
+        if report_to == "tensorboard":
+            from accelerate.utils import is_tensorboard_available
+
+            if not is_tensorboard_available():
+                raise RuntimeError("--report-to tensorboard needs the tensorboard package: pip install tensorboard")
+        # The run folder is known only after the accelerator exists (its name is agreed across processes).
+        accelerator.log_with = [LoggerType(report_to)]
+        accelerator.project_configuration.set_directories(str(run_dir))
+        init_kwargs: dict[str, Any] = {}
+        if report_to == "wandb":
+            mode, why = resolve_wandb_mode(wandb_mode)
+            if accelerator.is_main_process:
+                self.run_id = run_id or secrets.token_hex(4)  # kept in checkpoints: a resumed run logs to the same
+            init_kwargs["wandb"] = {"dir": str(run_dir), "mode": mode, "entity": entity, "name": run_dir.name,
+                                    "id": self.run_id, "resume": "allow",
+                                    "settings": {"silent": True, "console": "off"}}
+            if why and accelerator.is_main_process:
+                where = run_dir / "wandb"
+                print(f"{why}; files in {where}; upload later with `wandb sync {where}/offline-run-*`", flush=True)
+        accelerator.init_trackers(project, config=_loggable(config), init_kwargs=init_kwargs)
+
+    def log(self, values: dict[str, float], step: int) -> None:
+        if self.report_to != "none":
+            self.accelerator.log(values, step=step)
+
+    def log_image(self, name: str, image: np.ndarray, step: int, caption: str | None = None) -> None:
+        """``image``: uint8 [H, W] or [H, W, 3]."""
+        if self.report_to == "none" or not self.accelerator.is_main_process:
+            return
+        tracker = self.accelerator.get_tracker(self.report_to, unwrap=True)
+        if self.report_to == "wandb":
+            import wandb
+
+            tracker.log({name: wandb.Image(image, caption=caption)}, step=step)
+        else:  # tensorboard SummaryWriter
+            tracker.add_image(name, image, global_step=step, dataformats="HW" if image.ndim == 2 else "HWC")
+
+    def finish(self) -> None:
+        if self.report_to != "none":
+            self.accelerator.end_training()
+
+
+def _loggable(config: dict[str, Any]) -> dict[str, Any]:
+    """Flatten one level (versions) and turn None into strings: what every tracker's config accepts."""
+    flat: dict[str, Any] = {}
+    for key, value in config.items():
+        if isinstance(value, dict):
+            flat.update({f"{key}/{k}": v for k, v in value.items()})
+        else:
+            flat[key] = "none" if value is None else value
+    return flat
