@@ -75,12 +75,16 @@ class TrainConfig:
         metadata=_flag("continue a run: 'latest' (the newest checkpoint of --run-name, or of the newest run), "
                        "'auto' (latest if there is one, else start fresh), or a checkpoint/run folder"),
     )
+    dist_timeout: int = field(
+        default=600, metadata=_flag("seconds a process waits for the others in a collective before failing")
+    )
     deterministic: bool = field(default=False, metadata=_flag("use only deterministic kernels (slower on GPU)"))
 
     def problems(self) -> list[str]:
         """Everything wrong with the values, as flag-named sentences (empty when all is well)."""
         found = []
-        positive = ("epochs", "batch_size", "latent_dim", "base_width", "sample_every", "log_every", "keep_checkpoints")
+        positive = ("epochs", "batch_size", "latent_dim", "base_width", "sample_every", "log_every", "keep_checkpoints",
+                    "dist_timeout")
         for name in positive:
             if getattr(self, name) < 1:
                 found.append(f"--{_kebab(name)} must be at least 1, got {getattr(self, name)}")

@@ -23,7 +23,8 @@ class GeneratorEMA:
         state = plain_state_dict(generator)
         self.model = Generator(state["main.0.weight"].shape[0], state["main.0.weight"].shape[1] // 4)
         self.model.load_state_dict(state)
-        self.model.to(device).eval().requires_grad_(False)
+        dtype = next(generator.parameters()).dtype  # fp64 runs (--dtype float64) average in fp64
+        self.model.to(device, dtype).eval().requires_grad_(False)
 
     @torch.no_grad()
     def update(self, generator: nn.Module) -> None:

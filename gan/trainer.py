@@ -10,14 +10,14 @@ import sys
 import time
 import warnings
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 from accelerate import Accelerator
-from accelerate.utils import DistributedDataParallelKwargs, broadcast_object_list
+from accelerate.utils import DistributedDataParallelKwargs, InitProcessGroupKwargs, broadcast_object_list
 from tqdm.auto import tqdm
 
 from gan import pictures
@@ -80,9 +80,12 @@ def make_accelerator(config: TrainConfig) -> Accelerator:
     # (Newer torch calls the flag forward_sync_buffers and warns; the GPU images' torch 2.11 only knows this one.)
     warnings.filterwarnings("ignore", message=".*`broadcast_buffers` is deprecated", category=FutureWarning)
     ddp = DistributedDataParallelKwargs(broadcast_buffers=False)
+    # A dead peer makes the others fail after dist_timeout instead of hanging (torchrun then restarts the group).
+    process_group = InitProcessGroupKwargs(timeout=timedelta(seconds=config.dist_timeout))
     # Without CUDA, train on CPU: the same launch config then runs gloo processes on a CPU-only machine.
     cpu = config.cpu or not torch.cuda.is_available()
-    return Accelerator(cpu=cpu, mixed_precision=config.mixed_precision, kwargs_handlers=[ddp])
+    return Accelerator(cpu=cpu, mixed_precision=config.mixed_precision,
+                       kwargs_handlers=[ddp, process_group])
 
 
 def setup_problems(config: TrainConfig, accelerator: Accelerator) -> list[str]:

@@ -28,6 +28,8 @@ def _flags(data_dir, output_dir, run_name, *extra):
         run_name,
         "--log-every",
         "5",
+        "--report-to",
+        "none",
         *extra,
     ]
 
@@ -43,7 +45,7 @@ def world_size_runs(shared_data, tmp_path_factory):
     for processes in (1, 2):
         run_command(
             train_command(
-                *_flags(shared_data, out, f"p{processes}", "--max-steps", "20", "--dtype", "float64"),
+                *_flags(shared_data, out, f"p{processes}", "--max-steps", "20", "--dtype", "float64", "--ema-decay", "0"),
                 processes=processes,
             ),
             timeout=400,
@@ -86,7 +88,9 @@ def test_world_size_invariance(world_size_runs):
 def test_bf16_run_on_cpu(shared_data, tmp_path):
     result = run_command(
         train_command(
-            *_flags(shared_data, tmp_path, "bf16", "--max-steps", "15", "--mixed-precision", "bf16")
+            *_flags(
+                shared_data, tmp_path, "bf16", "--max-steps", "15", "--mixed-precision", "bf16", "--ema-decay", "0"
+            )
         )
     )
     losses = _logged_losses(result.stdout)
