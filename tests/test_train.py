@@ -45,7 +45,8 @@ def world_size_runs(shared_data, tmp_path_factory):
     for processes in (1, 2):
         run_command(
             train_command(
-                *_flags(shared_data, out, f"p{processes}", "--max-steps", "20", "--dtype", "float64", "--ema-decay", "0"),
+                *_flags(shared_data, out, f"p{processes}", "--max-steps", "20", "--dtype", "float64",
+                        "--ema-decay", "0"),
                 processes=processes,
             ),
             timeout=400,
