@@ -1,0 +1,139 @@
+"""Run the exported generator with onnxruntime: numpy and onnxruntime only, so any Python app can use it.
+
+The model's interface (written by ``export.py``, documented in the README):
+input ``z`` float32 [batch, latent_dim] -> output ``images`` float32 [batch, 1, 28, 28] in [-1, 1];
+``latent_dim`` and the run's provenance are in the model's metadata (``session.get_modelmeta()``).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+
+INPUT_NAME = "z"
+OUTPUT_NAME = "images"
+BATCH_AXIS = "batch"
+
+# One intra-op thread, from benchmarks/bench_onnx.py on the 2-core CI machine (numbers in the README): at batch 1
+# a call takes ~0.1 ms and more threads gain nothing; at batch 64 onnxruntime's default (one spinning thread per
+# core) was ~1.4x faster in some runs and 1.6-2.2x slower in others, depending on what else was running, and its
+# spinning threads take CPU from the other processes. One thread is predictable; pass intra_op_threads=0 for
+# large batches on a machine of its own.
+DEFAULT_INTRA_OP_THREADS = 1
+
+
+class ModelError(RuntimeError):
+    """An ONNX file is missing, unreadable or lacks the generator's interface; the message says what to do."""
+
+
+def session_options(intra_op_threads: int = DEFAULT_INTRA_OP_THREADS) -> ort.SessionOptions:
+    """Session options for the generator; ``intra_op_threads`` 0 is onnxruntime's default (one per core)."""
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = intra_op_threads
+    options.inter_op_num_threads = 1  # the graph is one chain of ops: nothing to run in parallel
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    return options
+
+
+def open_session(
+    model_path: str | os.PathLike, intra_op_threads: int = DEFAULT_INTRA_OP_THREADS
+) -> ort.InferenceSession:
+    """A CPU onnxruntime session on ``model_path``; a missing or corrupt file is a :class:`ModelError`."""
+    path = Path(model_path)
+    if not path.is_file():
+        raise ModelError(f"{path} does not exist. Export a trained run first: python export.py RUN_DIR --output {path}")
+    try:
+        return ort.InferenceSession(str(path), session_options(intra_op_threads), providers=["CPUExecutionProvider"])
+    except Exception as error:  # onnxruntime raises its own Fail/InvalidProtobuf/... classes for a bad file
+        raise ModelError(
+            f"{path} is not a loadable ONNX model ({type(error).__name__}: {error}). The file is corrupt, "
+            f"truncated or not an ONNX file: re-export it with `python export.py RUN_DIR --output {path}`."
+        ) from None
+
+
+class OnnxGenerator:
+    """The exported generator behind a small API: noise in, uint8 images [N, 28, 28] out.
+
+    >>> generator = OnnxGenerator("runs/my-run/generator.onnx")
+    >>> images = generator.generate(64, seed=0)          # uint8 [64, 28, 28]
+    >>> images = generator.generate_from_noise(z)        # z: float32 [N, latent_dim]
+    """
+
+    def __init__(self, model_path: str | os.PathLike, intra_op_threads: int = DEFAULT_INTRA_OP_THREADS):
+        self.model_path = Path(model_path)
+        self.session = open_session(self.model_path, intra_op_threads)
+        self.metadata: dict[str, str] = dict(self.session.get_modelmeta().custom_metadata_map)
+        self.latent_dim = self._check_interface()
+
+    def _check_interface(self) -> int:
+        inputs, outputs = self.session.get_inputs(), self.session.get_outputs()
+        found = f"inputs {[(i.name, i.type, i.shape) for i in inputs]}, outputs {[(o.name, o.shape) for o in outputs]}"
+        if (
+            len(inputs) != 1
+            or inputs[0].name != INPUT_NAME
+            or inputs[0].type != "tensor(float)"
+            or len(inputs[0].shape) != 2
+            or len(outputs) != 1
+            or outputs[0].name != OUTPUT_NAME
+        ):
+            raise ModelError(
+                f"{self.model_path} is not a generator exported by export.py: expected one input "
+                f"'{INPUT_NAME}' float32 [{BATCH_AXIS}, latent_dim] and one output '{OUTPUT_NAME}', found "
+                f"{found}. Re-export it with `python export.py RUN_DIR`."
+            )
+        latent_dim = inputs[0].shape[1]
+        if not isinstance(latent_dim, int):
+            raise ModelError(f"{self.model_path}: the latent size of input '{INPUT_NAME}' is not fixed ({found}).")
+        return latent_dim
+
+    def noise(self, n: int, seed: int) -> np.ndarray:
+        """Standard normal noise float32 [n, latent_dim], the same for the same ``seed``."""
+        if not isinstance(n, (int, np.integer)) or n < 1:
+            raise ValueError(f"the number of images must be a positive integer, got {n!r}")
+        return np.random.default_rng(seed).standard_normal((int(n), self.latent_dim), dtype=np.float32)
+
+    def check_noise(self, z: np.ndarray) -> np.ndarray:
+        """``z`` as the model takes it, or a ValueError/TypeError that says what was expected."""
+        expected = f"float32 [N, {self.latent_dim}] (N >= 1 noise vectors of this model's latent_dim)"
+        if not isinstance(z, np.ndarray):
+            raise TypeError(f"noise must be a numpy array {expected}, got {type(z).__name__}")
+        if z.dtype != np.float32:
+            raise TypeError(f"noise must be {expected}, got dtype {z.dtype}; convert it with z.astype(np.float32)")
+        if z.ndim != 2 or z.shape[0] < 1 or z.shape[1] != self.latent_dim:
+            raise ValueError(f"noise must be {expected}, got shape {list(z.shape)}")
+        return np.ascontiguousarray(z)
+
+    def generate_raw(self, z: np.ndarray) -> np.ndarray:
+        """The model's output for noise ``z``: float32 [N, 1, 28, 28] in [-1, 1]."""
+        return self.session.run([OUTPUT_NAME], {INPUT_NAME: self.check_noise(z)})[0]
+
+    def generate_from_noise(self, z: np.ndarray) -> np.ndarray:
+        """uint8 images [N, 28, 28] for noise ``z`` float32 [N, latent_dim]."""
+        return to_uint8(self.generate_raw(z))[:, 0]
+
+    def generate(self, n: int, seed: int = 0) -> np.ndarray:
+        """``n`` uint8 images [n, 28, 28] from the noise of ``seed``."""
+        return self.generate_from_noise(self.noise(n, seed))
+
+
+def to_uint8(images: np.ndarray) -> np.ndarray:
+    """Float images in [-1, 1] -> uint8 [0, 255]: the numpy twin of ``gan.data.to_uint8`` (a torch one)."""
+    return np.rint((np.clip(images, -1.0, 1.0) + 1.0) * np.float32(127.5)).astype(np.uint8)
+
+
+def image_grid(images: np.ndarray, columns: int | None = None, padding: int = 2) -> np.ndarray:
+    """uint8 images [N, H, W] tiled into one uint8 image, ``columns`` per row (default: near-square)."""
+    if images.ndim != 3:
+        raise ValueError(f"expected images [N, H, W], got shape {list(images.shape)}")
+    count, height, width = images.shape
+    columns = columns or int(np.ceil(np.sqrt(count)))
+    rows = int(np.ceil(count / columns))
+    grid = np.zeros((rows * (height + padding) + padding, columns * (width + padding) + padding), dtype=np.uint8)
+    for index, image in enumerate(images):
+        top = padding + (index // columns) * (height + padding)
+        left = padding + (index % columns) * (width + padding)
+        grid[top : top + height, left : left + width] = image
+    return grid

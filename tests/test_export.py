@@ -1,0 +1,303 @@
+"""export.py and gan/export.py on a generator really trained by train_ddp.py; files are read back from disk.
+
+The ``run`` fixture trains a few steps on the real test split and runs ``python export.py RUN --fp16``, once per
+pytest session; test_inference.py and test_examples.py import it and ``onnx_generator`` from here.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+import torch
+from conftest import run_command, train_command
+from onnx.external_data_helper import uses_external_data
+
+from gan.artifacts import CONFIG_FILE, GENERATOR_FILE, ArtifactError, load_generator, read_config
+from gan.export import (
+    MODEL_FILE,
+    REPORT_FILE,
+    TOLERANCE,
+    VERIFY_BATCHES,
+    ExportConfig,
+    ExportError,
+    fp16_path,
+    newest_run,
+    parse_export_config,
+    run_export,
+    verify_onnx,
+)
+from gan.inference import OnnxGenerator
+from gan.models import Generator
+
+RUN_NAME = "export-fixture"
+# 40 small steps (~10 s on 2 cores): enough for outputs far from the near-zero ones of the initial weights
+# (std ~0.08, |max| ~0.45 instead of ~0.003), so that the 1e-5 comparisons are not trivially met.
+TRAIN_STEPS = 40
+TRAIN_BATCH = 32
+
+
+@dataclass(frozen=True)
+class ExportedRun:
+    run_dir: Path
+    export_stdout: str
+
+    @property
+    def model(self) -> Path:
+        return self.run_dir / MODEL_FILE
+
+    @property
+    def fp16_model(self) -> Path:
+        return fp16_path(self.model)
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory: pytest.TempPathFactory, shared_data: Path) -> ExportedRun:
+    """Train a few steps, then export with the real CLI: made once per session (on disk), shared by modules."""
+    base = tmp_path_factory.getbasetemp() / "exported-run"
+    run_dir = base / "runs" / RUN_NAME
+    stdout_file = base / "export.stdout"
+    if not stdout_file.is_file():
+        shutil.rmtree(base, ignore_errors=True)
+        flags = ["--cpu", "--data-dir", str(shared_data), "--split", "test", "--no-download", "--report-to", "none"]
+        flags += ["--max-steps", str(TRAIN_STEPS), "--batch-size", str(TRAIN_BATCH)]
+        run_command(train_command(*flags, "--output-dir", str(base / "runs"), "--run-name", RUN_NAME))
+        export = run_command([sys.executable, "export.py", str(run_dir), "--fp16"])
+        stdout_file.write_text(export.stdout)
+    return ExportedRun(run_dir, stdout_file.read_text())
+
+
+@pytest.fixture(scope="module")
+def onnx_generator(run: ExportedRun) -> OnnxGenerator:
+    return OnnxGenerator(run.model)
+
+
+def _fixed_noise(batch: int, latent_dim: int, seed: int = 1) -> torch.Tensor:
+    return torch.randn(batch, latent_dim, generator=torch.Generator().manual_seed(seed))
+
+
+# --- the file and its interface -----------------------------------------------------------------------------
+
+
+def test_fixture_generator_was_trained(run: ExportedRun) -> None:
+    assert read_config(run.run_dir)["final_step"] == TRAIN_STEPS
+    generator, _ = load_generator(run.run_dir)
+    # BatchNorm running statistics start at mean 0 / var 1; training forward passes moved them.
+    assert generator.main[1].running_mean.abs().max() > 1e-4
+    assert generator.main[1].num_batches_tracked.item() >= TRAIN_STEPS
+
+
+def test_export_writes_one_self_contained_file_with_the_documented_interface(run: ExportedRun) -> None:
+    assert sorted(p.name for p in run.run_dir.iterdir() if "onnx" in p.name) == [
+        "generator.fp16.onnx",
+        "generator.onnx",
+    ]
+    model = onnx.load(str(run.model), load_external_data=False)
+    assert not any(uses_external_data(tensor) for tensor in model.graph.initializer)
+    assert len(model.graph.initializer) > 0
+
+    (z,), (images,) = model.graph.input, model.graph.output
+    assert z.name == "z" and images.name == "images"
+    assert z.type.tensor_type.elem_type == images.type.tensor_type.elem_type == onnx.TensorProto.FLOAT
+    dims = lambda value: [d.dim_param or d.dim_value for d in value.type.tensor_type.shape.dim]  # noqa: E731
+    assert dims(z) == ["batch", 100]
+    assert dims(images) == ["batch", 1, 28, 28]
+    assert min(op.version for op in model.opset_import if op.domain in ("", "ai.onnx")) >= 18
+    # The exported graph is the plain eval-mode generator: BatchNorm folded away, no training-mode ops left.
+    assert "BatchNormalization" not in {node.op_type for node in model.graph.node}
+
+
+def test_metadata_reads_back_from_the_file(run: ExportedRun) -> None:
+    config = read_config(run.run_dir)
+    session = ort.InferenceSession(str(run.model), providers=["CPUExecutionProvider"])
+    metadata = session.get_modelmeta().custom_metadata_map
+    assert metadata["latent_dim"] == str(config["latent_dim"]) == "100"
+    assert (metadata["image_channels"], metadata["image_height"], metadata["image_width"]) == (
+        "1",
+        "28",
+        "28",
+    )
+    assert json.loads(metadata["output_range"]) == [-1, 1]
+    assert metadata["dataset"] == "Kuzushiji-MNIST" and metadata["dataset_split"] == "test"
+    assert metadata["run_name"] == RUN_NAME
+    assert metadata["step"] == str(TRAIN_STEPS)
+    assert metadata["ema_weights"] == ("true" if config["generator_weights"] == "ema" else "false")
+    assert metadata["torch_version"] == torch.__version__
+    assert metadata["precision"] == "fp32"
+    assert (metadata["input_name"], metadata["output_name"]) == ("z", "images")
+
+
+# --- verification -------------------------------------------------------------------------------------------
+
+
+def test_report_and_table_hold_the_verification_numbers(run: ExportedRun) -> None:
+    summary = json.loads((run.run_dir / REPORT_FILE).read_text())
+    assert summary["passed"] is True
+    assert [Path(r["model"]).name for r in summary["reports"]] == ["generator.onnx", "generator.fp16.onnx"]
+    for report in summary["reports"]:
+        assert report["checker"].startswith("passed")
+        assert report["failures"] == []
+        assert [entry["batch"] for entry in report["batches"]] == list(VERIFY_BATCHES) == [1, 7, 64, 1000]
+        for entry in report["batches"]:
+            assert entry["shape"] == [entry["batch"], 1, 28, 28]
+            assert entry["dtype"] == "float32"
+            assert 0 <= entry["max_abs_diff"] <= TOLERANCE[report["precision"]]
+            # The printed table carries the same number.
+            assert f"{entry['max_abs_diff']:.2e}" in run.export_stdout
+    assert summary["reports"][0]["tolerance"] == 1e-5
+    assert "generator.fp16.onnx (fp16)" in run.export_stdout
+
+
+@pytest.mark.parametrize("batch", [1, 1000])
+def test_one_file_serves_batch_1_and_1000_like_pytorch(run: ExportedRun, batch: int) -> None:
+    generator, config = load_generator(run.run_dir)
+    z = _fixed_noise(batch, config["latent_dim"])
+    session = ort.InferenceSession(str(run.model), providers=["CPUExecutionProvider"])
+    (images,) = session.run(["images"], {"z": z.numpy()})
+    with torch.no_grad():
+        expected = generator(z).numpy()
+    assert images.shape == (batch, 1, 28, 28) and images.dtype == np.float32
+    assert np.abs(images - expected).max() <= 1e-5
+    assert images.min() >= -1 and images.max() <= 1
+    assert images.std() > 0.02  # trained outputs, not the near-constant ones of the initial weights
+
+
+def test_fp16_model_has_fp16_weights_fp32_interface_and_measured_error(run: ExportedRun) -> None:
+    model = onnx.load(str(run.fp16_model))
+    weights = [t for t in model.graph.initializer if len(t.dims) == 4]
+    assert weights and all(t.data_type == onnx.TensorProto.FLOAT16 for t in weights)
+    assert model.graph.input[0].type.tensor_type.elem_type == onnx.TensorProto.FLOAT
+    assert model.graph.output[0].type.tensor_type.elem_type == onnx.TensorProto.FLOAT
+    assert run.fp16_model.stat().st_size < 0.6 * run.model.stat().st_size
+
+    generator, config = load_generator(run.run_dir)
+    z = _fixed_noise(256, config["latent_dim"])
+    session = ort.InferenceSession(str(run.fp16_model), providers=["CPUExecutionProvider"])
+    assert session.get_modelmeta().custom_metadata_map["precision"] == "fp16"
+    (images,) = session.run(["images"], {"z": z.numpy()})
+    with torch.no_grad():
+        error = np.abs(images - generator(z).numpy()).max()
+    assert 0 < error <= TOLERANCE["fp16"]  # > 0: the arithmetic really is half precision
+
+
+def test_verification_reports_a_model_that_differs_from_pytorch(run: ExportedRun) -> None:
+    _, config = load_generator(run.run_dir)
+    other = Generator(config["latent_dim"], config["base_width"]).eval()  # untrained: other weights
+    report = verify_onnx(run.model, other)
+    assert report["passed"] is False
+    assert len(report["failures"]) == len(VERIFY_BATCHES)
+    assert "max abs diff" in report["failures"][0] and "exceeds 1e-05" in report["failures"][0]
+
+
+def test_failed_verification_raises_naming_the_failure_and_still_writes_the_report(
+    run: ExportedRun, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    for name in (CONFIG_FILE, GENERATOR_FILE):
+        shutil.copy(run.run_dir / name, run_dir / name)
+    monkeypatch.setitem(TOLERANCE, "fp32", -1.0)  # an impossible bound: every comparison fails
+    with pytest.raises(ExportError, match=r"verification failed .*export_report\.json") as caught:
+        run_export(ExportConfig(run_dir=str(run_dir)))
+    assert "batch 1000: max abs diff" in str(caught.value)
+    assert json.loads((run_dir / REPORT_FILE).read_text())["passed"] is False
+
+
+def test_exporting_at_an_older_opset_verifies(run: ExportedRun, tmp_path: Path) -> None:
+    output = tmp_path / "opset18.onnx"
+    summary = run_export(ExportConfig(run_dir=str(run.run_dir), output=str(output), opset=18))
+    assert summary["passed"] and summary["reports"][0]["opset"] == 18
+    assert onnx.load(str(output)).opset_import[0].version == 18
+
+
+# --- errors a user can act on -------------------------------------------------------------------------------
+
+
+def test_corrupt_onnx_file_is_a_clear_error(run: ExportedRun, tmp_path: Path) -> None:
+    broken = tmp_path / "generator.onnx"
+    data = run.model.read_bytes()
+    broken.write_bytes(data[: len(data) // 2])  # truncated mid-weights, as by a full disk or a broken copy
+    generator, _ = load_generator(run.run_dir)
+    with pytest.raises(ExportError) as caught:
+        verify_onnx(broken, generator)
+    message = str(caught.value)
+    assert str(broken) in message and "check_model" in message and "re-export" in message
+
+
+def test_corrupt_weights_file_fails_the_cli_with_a_clear_message(run: ExportedRun, tmp_path: Path) -> None:
+    run_dir = tmp_path / "damaged"
+    run_dir.mkdir()
+    shutil.copy(run.run_dir / CONFIG_FILE, run_dir / CONFIG_FILE)
+    weights = (run.run_dir / GENERATOR_FILE).read_bytes()
+    (run_dir / GENERATOR_FILE).write_bytes(weights[: len(weights) // 3])
+    result = run_command([sys.executable, "export.py", str(run_dir)], timeout=120, check=False)
+    assert result.returncode == 1
+    assert "Traceback" not in result.stderr
+    assert f"{run_dir / GENERATOR_FILE} is not a readable safetensors file" in result.stderr
+    assert not (run_dir / MODEL_FILE).exists()
+
+
+def test_missing_run_dir_and_missing_files_are_clear_errors(tmp_path: Path) -> None:
+    with pytest.raises(ExportError, match=r"does-not-exist is not a folder.*python export.py runs/<run-name>"):
+        run_export(ExportConfig(run_dir=str(tmp_path / "does-not-exist")))
+    with pytest.raises(ArtifactError, match=r"config\.json does not exist"):
+        run_export(ExportConfig(run_dir=str(tmp_path)))
+
+
+def test_config_without_provenance_names_the_missing_key(run: ExportedRun, tmp_path: Path) -> None:
+    run_dir = tmp_path / "old"
+    run_dir.mkdir()
+    shutil.copy(run.run_dir / GENERATOR_FILE, run_dir / GENERATOR_FILE)
+    config = read_config(run.run_dir)
+    del config["final_step"]
+    (run_dir / CONFIG_FILE).write_text(json.dumps(config))
+    with pytest.raises(ExportError, match=r"config\.json of run 'export-fixture' has no 'final_step'"):
+        run_export(ExportConfig(run_dir=str(run_dir), verify=False))
+
+
+def test_invalid_flags_are_reported_together(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as caught:
+        parse_export_config(["--opset", "9", "--output", "model.txt"])
+    assert caught.value.code == 2
+    error = capsys.readouterr().err
+    assert "--opset must be between 18" in error and "--output must name a .onnx file" in error
+
+
+def test_flags_map_onto_the_config() -> None:
+    config = parse_export_config(["runs/a", "--output", "x.onnx", "--opset", "19", "--fp16", "--no-verify"])
+    assert config == ExportConfig(run_dir="runs/a", output="x.onnx", opset=19, fp16=True, verify=False)
+    assert parse_export_config([]) == ExportConfig()
+
+
+# --- the default run ----------------------------------------------------------------------------------------
+
+
+def test_default_run_is_the_newest_finished_one(run: ExportedRun, tmp_path: Path) -> None:
+    runs = tmp_path / "runs"
+    for age, name in enumerate(["newest", "older", "oldest"]):
+        shutil.copytree(run.run_dir, runs / name)
+        stamp = time.time() - 100 * age
+        os.utime(runs / name / GENERATOR_FILE, (stamp, stamp))
+    (runs / "unfinished").mkdir()
+    (runs / "unfinished" / CONFIG_FILE).write_text("{}")  # still training: no generator yet
+    assert newest_run(runs) == runs / "newest"
+
+    with pytest.raises(ExportError, match=r"holds no finished run"):
+        newest_run(runs / "unfinished")
+    with pytest.raises(ExportError, match=r"nowhere/ does not exist.*python export.py RUN_DIR"):
+        newest_run(tmp_path / "nowhere")
+
+    for name in ("newest", "older", "oldest"):
+        (runs / name / MODEL_FILE).unlink()
+    summary = run_export(ExportConfig(runs_dir=str(runs), verify=False))
+    assert summary["models"] == [str(runs / "newest" / MODEL_FILE)]
+    assert (runs / "newest" / MODEL_FILE).is_file() and not (runs / "older" / MODEL_FILE).exists()

@@ -1,0 +1,157 @@
+"""gan/inference.py and ``python -m gan.generate`` on the exported fixture generator, against PyTorch."""
+
+# ruff: noqa: F811  (test parameters named after the fixtures imported from test_export.py)
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+import torch
+from conftest import run_command
+from PIL import Image
+from test_export import ExportedRun, onnx_generator, run  # noqa: F401  (shared fixtures)
+
+from gan.artifacts import load_generator
+from gan.data import to_uint8 as torch_to_uint8
+from gan.inference import (
+    DEFAULT_INTRA_OP_THREADS,
+    ModelError,
+    OnnxGenerator,
+    image_grid,
+    open_session,
+    to_uint8,
+)
+
+
+def test_generate_matches_pytorch_on_the_same_noise(run: ExportedRun, onnx_generator: OnnxGenerator) -> None:
+    z = onnx_generator.noise(300, seed=5)
+    assert z.dtype == np.float32 and z.shape == (300, 100)
+    images = onnx_generator.generate_from_noise(z)
+    assert images.dtype == np.uint8 and images.shape == (300, 28, 28)
+
+    generator, _ = load_generator(run.run_dir)
+    with torch.no_grad():
+        expected = torch_to_uint8(generator(torch.from_numpy(z)))[:, 0].numpy()
+    # The float outputs agree to ~1e-7, so only a value sitting on a rounding boundary may differ by one level.
+    difference = np.abs(images.astype(int) - expected.astype(int))
+    assert difference.max() <= 1 and (difference > 0).mean() < 1e-3
+    assert images.std() > 2  # trained outputs vary; a broken pipeline gives a flat grey
+
+
+def test_the_same_seed_gives_the_same_images_and_another_seed_others(onnx_generator: OnnxGenerator) -> None:
+    first = onnx_generator.generate(16, seed=3)
+    assert np.array_equal(first, onnx_generator.generate(16, seed=3))
+    assert not np.array_equal(first, onnx_generator.generate(16, seed=4))
+    assert np.array_equal(first[:5], onnx_generator.generate(5, seed=3))  # the first images do not depend on n
+
+
+def test_metadata_and_latent_size_come_from_the_file(onnx_generator: OnnxGenerator) -> None:
+    assert onnx_generator.latent_dim == 100
+    assert onnx_generator.metadata["latent_dim"] == "100"
+    assert onnx_generator.metadata["run_name"] == "export-fixture"
+
+
+@pytest.mark.parametrize(
+    ("noise", "error", "expected"),
+    [
+        (np.zeros((4, 64), np.float32), ValueError, r"float32 \[N, 100\].*got shape \[4, 64\]"),
+        (np.zeros((4, 100, 1, 1), np.float32), ValueError, r"got shape \[4, 100, 1, 1\]"),
+        (np.zeros((0, 100), np.float32), ValueError, r"got shape \[0, 100\]"),
+        (
+            np.zeros((4, 100), np.float64),
+            TypeError,
+            r"got dtype float64; convert it with z\.astype\(np\.float32\)",
+        ),
+        ([[0.0] * 100], TypeError, r"must be a numpy array float32 \[N, 100\].*got list"),
+    ],
+)
+def test_wrong_noise_is_a_clear_error(onnx_generator: OnnxGenerator, noise, error, expected: str) -> None:
+    with pytest.raises(error, match=expected):
+        onnx_generator.generate_from_noise(noise)
+
+
+def test_nonpositive_count_is_a_clear_error(onnx_generator: OnnxGenerator) -> None:
+    with pytest.raises(ValueError, match="positive integer, got 0"):
+        onnx_generator.generate(0)
+
+
+def test_missing_corrupt_and_foreign_models_are_clear_errors(run: ExportedRun, tmp_path: Path) -> None:
+    with pytest.raises(ModelError, match=r"absent\.onnx does not exist\. Export a trained run first"):
+        OnnxGenerator(tmp_path / "absent.onnx")
+
+    corrupt = tmp_path / "corrupt.onnx"
+    data = bytearray(run.model.read_bytes())
+    data[:64] = b"\xff" * 64  # a damaged header: not a protobuf any more
+    corrupt.write_bytes(bytes(data))
+    with pytest.raises(ModelError, match=r"corrupt\.onnx is not a loadable ONNX model .* re-export it"):
+        OnnxGenerator(corrupt)
+
+    # A valid ONNX file that is not the generator (input 'x', no latent axis).
+    graph = onnx.helper.make_graph(
+        [onnx.helper.make_node("Identity", ["x"], ["y"])],
+        "identity",
+        [onnx.helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [3])],
+        [onnx.helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [3])],
+    )
+    foreign = tmp_path / "identity.onnx"
+    onnx.save(onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", 18)]), str(foreign))
+    with pytest.raises(
+        ModelError,
+        match=r"identity\.onnx is not a generator exported by export\.py: expected one "
+        r"input 'z'",
+    ):
+        OnnxGenerator(foreign)
+
+
+def test_session_threads_setting_is_applied_and_does_not_change_results(run: ExportedRun) -> None:
+    assert DEFAULT_INTRA_OP_THREADS == 1
+    session = open_session(run.model)
+    assert session.get_session_options().intra_op_num_threads == 1
+    one, default = OnnxGenerator(run.model, intra_op_threads=1), OnnxGenerator(run.model, intra_op_threads=0)
+    z = one.noise(64, seed=0)
+    assert np.abs(one.generate_raw(z) - default.generate_raw(z)).max() <= 1e-6
+
+
+def test_numpy_to_uint8_is_the_twin_of_the_torch_one() -> None:
+    values = np.array([-2.0, -1.0, -0.999, -0.5, 0.0, 1 / 255, 0.5, 0.998, 1.0, 3.0], dtype=np.float32)
+    values = np.concatenate([values, np.linspace(-1, 1, 4097, dtype=np.float32)])  # includes .5 rounding cases
+    assert np.array_equal(to_uint8(values), torch_to_uint8(torch.from_numpy(values)).numpy())
+
+
+def test_image_grid_places_each_image() -> None:
+    images = np.arange(5 * 2 * 3, dtype=np.uint8).reshape(5, 2, 3) + 1
+    grid = image_grid(images, columns=2, padding=1)
+    assert grid.shape == (3 * 3 + 1, 2 * 4 + 1)
+    assert np.array_equal(grid[1:3, 1:4], images[0]) and np.array_equal(grid[1:3, 5:8], images[1])
+    assert np.array_equal(grid[7:9, 1:4], images[4])
+    assert grid[0].sum() == 0 and grid[7:9, 5:8].sum() == 0  # padding and the empty sixth cell stay black
+
+
+def test_inference_and_generate_cli_do_not_import_torch() -> None:
+    code = "import sys, gan.inference, gan.generate; assert 'torch' not in sys.modules, 'torch was imported'"
+    run_command([sys.executable, "-c", code], timeout=60)
+
+
+def test_generate_cli_writes_grid_png_and_npy(onnx_generator: OnnxGenerator, run: ExportedRun, tmp_path: Path) -> None:
+    out, npy = tmp_path / "out" / "grid.png", tmp_path / "images.npy"
+    flags = ["--n", "10", "--seed", "7", "--out", str(out), "--npy", str(npy)]
+    run_command([sys.executable, "-m", "gan.generate", str(run.model), *flags], timeout=60)
+    expected = onnx_generator.generate(10, seed=7)
+    assert np.array_equal(np.load(npy), expected)
+    with Image.open(out) as png:
+        assert png.format == "PNG" and png.mode == "L"
+        assert np.array_equal(np.asarray(png), image_grid(expected))  # 4 columns x 3 rows
+
+
+def test_generate_cli_reports_a_corrupt_model(tmp_path: Path) -> None:
+    model = tmp_path / "garbage.onnx"
+    model.write_bytes(b"not an onnx file")
+    command = [sys.executable, "-m", "gan.generate", str(model), "--out", str(tmp_path / "g.png")]
+    result = run_command(command, timeout=60, check=False)
+    assert result.returncode == 1
+    assert "garbage.onnx is not a loadable ONNX model" in result.stderr and "Traceback" not in result.stderr
+    assert not (tmp_path / "g.png").exists()
