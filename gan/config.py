@@ -33,6 +33,9 @@ class TrainConfig:
     lr: float = field(default=2e-4, metadata=_flag("Adam learning rate of both networks"))
     beta1: float = field(default=0.5, metadata=_flag("Adam beta1"))
     beta2: float = field(default=0.999, metadata=_flag("Adam beta2"))
+    real_label: float = field(
+        default=1.0, metadata=_flag("discriminator target for real images (e.g. 0.9: one-sided label smoothing)")
+    )
     latent_dim: int = field(default=100, metadata=_flag("size of the generator's noise vector"))
     base_width: int = field(default=28, metadata=_flag("channel width unit of both networks (the chapter's 28)"))
     seed: int = field(default=0, metadata=_flag("run seed: weights, data order, noise"))
@@ -75,6 +78,12 @@ class TrainConfig:
         metadata=_flag("continue a run: 'latest' (the newest checkpoint of --run-name, or of the newest run), "
                        "'auto' (latest if there is one, else start fresh), or a checkpoint/run folder"),
     )
+    eval_every: int | None = field(
+        default=None,
+        metadata=_flag("steps between sample-quality evaluations (FID, KID, coverage, ... of the sampled generator "
+                       "against the split; default: each epoch; 0: never)"),
+    )
+    eval_samples: int = field(default=2000, metadata=_flag("generated images per evaluation"))
     dist_timeout: int = field(
         default=600, metadata=_flag("seconds a process waits for the others in a collective before failing")
     )
@@ -84,7 +93,7 @@ class TrainConfig:
         """Everything wrong with the values, as flag-named sentences (empty when all is well)."""
         found = []
         positive = ("epochs", "batch_size", "latent_dim", "base_width", "sample_every", "log_every", "keep_checkpoints",
-                    "dist_timeout")
+                    "dist_timeout", "eval_samples")
         for name in positive:
             if getattr(self, name) < 1:
                 found.append(f"--{_kebab(name)} must be at least 1, got {getattr(self, name)}")
@@ -92,9 +101,13 @@ class TrainConfig:
             found.append(f"--max-steps must be 0 (no limit) or positive, got {self.max_steps}")
         if not self.lr > 0:
             found.append(f"--lr must be positive, got {self.lr}")
+        if not 0.5 < self.real_label <= 1:
+            found.append(f"--real-label must be in (0.5, 1], got {self.real_label}")
         for name in ("beta1", "beta2"):
             if not 0 <= getattr(self, name) < 1:
                 found.append(f"--{name} must be in [0, 1), got {getattr(self, name)}")
+        if self.eval_every is not None and self.eval_every < 0:
+            found.append(f"--eval-every must be 0 (never) or positive, got {self.eval_every}")
         if self.checkpoint_every < 0:
             found.append(f"--checkpoint-every must be 0 (once per epoch) or positive, got {self.checkpoint_every}")
         if not 0 <= self.ema_decay < 1:
@@ -120,30 +133,47 @@ def _kebab(name: str) -> str:
     return name.replace("_", "-")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="train_ddp.py",
-        description="Train the chapter's DCGAN on Kuzushiji-MNIST; run it with `accelerate launch train_ddp.py`.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-    )
-    for spec in dataclasses.fields(TrainConfig):
+def add_dataclass_flags(parser: argparse.ArgumentParser, cls: type, positional: tuple[str, ...] = ()) -> None:
+    """One flag per dataclass field (``--kebab-case``, help and choices from the field's metadata).
+
+    Booleans become switches unless the metadata names an action; ``int``/``float`` annotations (also
+    ``int | None``) set the type; names in ``positional`` become optional positional arguments.
+    """
+    for spec in dataclasses.fields(cls):
         kwargs = dict(spec.metadata)
+        if spec.name in positional:
+            parser.add_argument(spec.name, nargs="?", default=spec.default, metavar=spec.name.upper(), **kwargs)
+            continue
         if spec.type in ("bool", bool) and "action" not in kwargs:
             kwargs["action"] = "store_true"
         elif "action" not in kwargs:
-            kwargs["type"] = {"int": int, "float": float}.get(str(spec.type), str)
+            base_type = str(spec.type).split("|")[0].strip()  # "int | None" -> "int"
+            kwargs["type"] = {"int": int, "float": float}.get(base_type, str)
             kwargs["metavar"] = spec.name.upper()
         parser.add_argument(f"--{_kebab(spec.name)}", dest=spec.name, default=spec.default, **kwargs)
-    return parser
 
 
-def parse_config(argv: list[str] | None = None) -> TrainConfig:
-    """Parse flags into a :class:`TrainConfig`; on any invalid value print every problem and exit with status 2."""
-    parser = build_parser()
-    config = TrainConfig(**vars(parser.parse_args(argv)))
+def parse_validated(parser: argparse.ArgumentParser, cls: type, argv: list[str] | None = None):
+    """Parse into ``cls``; if its ``problems()`` lists any, print them all and exit with status 2."""
+    config = cls(**vars(parser.parse_args(argv)))
     problems = config.problems()
     if problems:
         parser.print_usage(sys.stderr)
         listing = "\n".join(f"  - {p}" for p in problems)
         parser.exit(2, f"{parser.prog}: error: invalid arguments:\n{listing}\n")
     return config
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="train_ddp.py",
+        description="Train the chapter's DCGAN on Kuzushiji-MNIST; run it with `accelerate launch train_ddp.py`.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    add_dataclass_flags(parser, TrainConfig)
+    return parser
+
+
+def parse_config(argv: list[str] | None = None) -> TrainConfig:
+    """Parse flags into a :class:`TrainConfig`; on any invalid value print every problem and exit with status 2."""
+    return parse_validated(build_parser(), TrainConfig, argv)

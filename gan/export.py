@@ -11,9 +11,7 @@ from __future__ import annotations
 
 import argparse
 import copy
-import dataclasses
 import json
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,6 +24,7 @@ from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
 from gan.artifacts import CONFIG_FILE, GENERATOR_FILE, load_generator, write_json_atomic
+from gan.config import add_dataclass_flags, parse_validated
 from gan.inference import BATCH_AXIS, INPUT_NAME, OUTPUT_NAME, open_session
 from gan.models import IMAGE_SHAPE, Generator
 
@@ -94,30 +93,13 @@ def build_parser() -> argparse.ArgumentParser:
         prog="export.py",
         description="Export a training run's generator to one verified, self-contained ONNX file.",
     )
-    for spec in dataclasses.fields(ExportConfig):
-        kwargs = dict(spec.metadata)
-        if spec.name == "run_dir":
-            parser.add_argument("run_dir", nargs="?", default=None, metavar="RUN_DIR", **kwargs)
-            continue
-        if spec.type in ("bool", bool) and "action" not in kwargs:
-            kwargs["action"] = "store_true"
-        elif "action" not in kwargs:
-            kwargs["type"] = int if "int" in str(spec.type) else str
-            kwargs["metavar"] = spec.name.upper()
-        parser.add_argument(f"--{spec.name.replace('_', '-')}", dest=spec.name, default=spec.default, **kwargs)
+    add_dataclass_flags(parser, ExportConfig, positional=("run_dir",))
     return parser
 
 
 def parse_export_config(argv: list[str] | None = None) -> ExportConfig:
     """Parse flags into an :class:`ExportConfig`; on invalid values print every problem and exit with 2."""
-    parser = build_parser()
-    config = ExportConfig(**vars(parser.parse_args(argv)))
-    problems = config.problems()
-    if problems:
-        parser.print_usage(sys.stderr)
-        listing = "\n".join(f"  - {p}" for p in problems)
-        parser.exit(2, f"{parser.prog}: error: invalid arguments:\n{listing}\n")
-    return config
+    return parse_validated(build_parser(), ExportConfig, argv)
 
 
 def newest_run(runs_dir: str | Path) -> Path:

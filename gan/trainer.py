@@ -34,8 +34,8 @@ from gan.training import GAN, METRIC_NAMES, fixed_noise, skipped_steps, step_noi
 
 TRAINED_GENERATOR_FILE = "generator_trained.safetensors"
 # Settings a resumed run takes from its checkpointed config: changing them would not continue the same run.
-RESUME_FIXED = ("data_dir", "split", "batch_size", "lr", "beta1", "beta2", "latent_dim", "base_width", "seed",
-                "dtype", "ema_decay", "sample_every", "mixed_precision", "sync_bn", "run_name", "output_dir")
+RESUME_FIXED = ("data_dir", "split", "batch_size", "real_label", "lr", "beta1", "beta2", "latent_dim", "base_width",
+                "seed", "dtype", "ema_decay", "sample_every", "mixed_precision", "sync_bn", "run_name", "output_dir")
 
 
 class SetupError(ValueError):
@@ -188,8 +188,41 @@ class Progress:
                 flush=True,
             )
 
+    def note(self, message: str) -> None:
+        if self.interactive:
+            self.bar.write(message)
+        elif self.enabled:
+            print(message, flush=True)
+
     def close(self) -> None:
         self.bar.close()
+
+
+def make_evaluator(config: TrainConfig):
+    from gan.evaluation import Evaluator  # torchmetrics/scipy: only when evaluating
+
+    # 20 KID subsets instead of 100: still unbiased, a little noisier, ~3x faster (measured: 2-3 s for 2,000 samples)
+    return Evaluator(config.data_dir, config.split, device="cpu", kid_subsets=20, download=False)
+
+
+def evaluate_samples(evaluator, generator: torch.nn.Module, config: TrainConfig) -> dict[str, float]:
+    """Sample-quality metrics of ``generator`` (eval mode, fixed seeded noise) as 'eval/<name>' entries."""
+    from gan.evaluation import generate
+
+    start = time.perf_counter()
+    was_training = generator.training
+    generator.eval()
+    weight = next(generator.parameters())
+
+    @torch.no_grad()
+    def sampler(z: torch.Tensor) -> torch.Tensor:
+        return generator(z.to(weight.device, weight.dtype))
+
+    images = generate(sampler, config.latent_dim, config.eval_samples, seed=config.seed + 2)
+    generator.train(was_training)
+    metrics = evaluator.evaluate(images)
+    metrics["seconds"] = time.perf_counter() - start
+    return {f"eval/{name}": float(value) for name, value in metrics.items()}
 
 
 @torch.no_grad()
@@ -277,7 +310,9 @@ def train(config: TrainConfig) -> RunResult:
         raise SetupError("\n".join(f"  - {p}" for p in problems))
     sync_bn = accelerator.num_processes > 1 if config.sync_bn is None else config.sync_bn
     run_dir = resolve_run_dir(config, accelerator)
-    if resume_target is None and accelerator.is_main_process and (run_dir / CONFIG_FILE).exists():
+    # (--resume auto restarts a run that died before its first checkpoint from scratch, in the same folder)
+    if resume_target is None and config.resume != "auto" and accelerator.is_main_process \
+            and (run_dir / CONFIG_FILE).exists():
         raise SetupError(f"  - {run_dir} already holds a run; choose another --run-name, or continue it with "
                          f"--resume latest --run-name {run_dir.name}")
 
@@ -290,6 +325,7 @@ def train(config: TrainConfig) -> RunResult:
     if config.max_steps:
         total_steps = min(total_steps, config.max_steps)
     checkpoint_every = config.checkpoint_every or batches.steps_per_epoch
+    eval_every = batches.steps_per_epoch if config.eval_every is None else config.eval_every
 
     gan = build_gan(config, accelerator, sync_bn)
     generator = accelerator.unwrap_model(gan.generator)
@@ -316,6 +352,7 @@ def train(config: TrainConfig) -> RunResult:
                       config.wandb_mode, metadata, state.wandb_run_id)
     state.wandb_run_id = tracker.run_id
     sampler = ema.model if ema is not None else generator  # what the grids and generator.safetensors show
+    evaluator = make_evaluator(config) if eval_every and accelerator.is_main_process else None
 
     saved_steps = {state.step} if resume_target is not None else set()
 
@@ -337,7 +374,7 @@ def train(config: TrainConfig) -> RunResult:
                 step_start = time.perf_counter()
                 noise = step_noise(config.seed, state.step, config.batch_size, config.latent_dim,
                                    accelerator.process_index, accelerator.num_processes).to(device, dtype)
-                metrics = train_step(accelerator, gan, real, noise)
+                metrics = train_step(accelerator, gan, real, noise, config.real_label)
                 flags = torch.tensor([skipped_steps(gan), float(stop.requested)], device=device, dtype=metrics.dtype)
                 # one small all-reduce per step: metrics averaged over processes, and any process's stop request
                 values = accelerator.reduce(torch.cat([metrics, flags]), reduction="mean").float().cpu().tolist()
@@ -367,6 +404,12 @@ def train(config: TrainConfig) -> RunResult:
                     state.grid_steps.append(state.step)
                     tracker.log_image("samples/fixed_noise", pictures.tile(grids[-1].numpy(), columns=8),
                                       step=state.step, caption=f"step {state.step}")
+                if evaluator is not None and (state.step % eval_every == 0 or state.step == total_steps):
+                    quality = evaluate_samples(evaluator, sampler, config)
+                    row.update(quality)
+                    tracker.log(quality, step=state.step)
+                    progress.note(f"step {state.step}: FID {quality['eval/fid']:.2f}, coverage "
+                                  f"{quality['eval/class_coverage']:.3f}, {quality['eval/seconds']:.1f} s")
                 if state.step % config.log_every == 0 or state.step == total_steps or progress.interactive:
                     progress.update(state.step, state.epoch, row, images_per_second)
                 if values[5] > 0:  # a process was asked to stop: all checkpoint this same step, then leave

@@ -52,8 +52,11 @@ def _bce(logits: torch.Tensor, target: float) -> torch.Tensor:
     return F.binary_cross_entropy_with_logits(logits, torch.full_like(logits, target))
 
 
-def train_step(accelerator: Accelerator, gan: GAN, real: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+def train_step(accelerator: Accelerator, gan: GAN, real: torch.Tensor, noise: torch.Tensor,
+               real_label: float = 1.0) -> torch.Tensor:
     """One D step then one G step on this process's share of the batch.
+
+    ``real_label`` < 1 is one-sided label smoothing: the D step's target for real images (the G step keeps 1).
 
     Returns the detached metrics [d_loss, g_loss, d_real, d_fake] (order of ``METRIC_NAMES``) of this process;
     d_real and d_fake are the mean probabilities D(x) and D(G(z)) seen by the D step.
@@ -62,7 +65,7 @@ def train_step(accelerator: Accelerator, gan: GAN, real: torch.Tensor, noise: to
     real_logits = gan.discriminator(real)  # (B,)
     fake = gan.generator(noise)  # (B, 1, 28, 28)
     fake_logits = gan.discriminator(fake.detach())  # (B,)
-    d_loss = _bce(real_logits, 1.0) + _bce(fake_logits, 0.0)
+    d_loss = _bce(real_logits, real_label) + _bce(fake_logits, 0.0)
     # One backward for both halves: the same gradient as two, and one DDP all-reduce instead of two.
     gan.discriminator_optimizer.zero_grad(set_to_none=True)
     accelerator.backward(d_loss)

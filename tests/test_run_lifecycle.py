@@ -74,6 +74,7 @@ def test_wandb_offline_fallback_and_history_read_back(finished_run):
     image_keys = {key for row in history_rows(records) for key in row if key.startswith("samples/fixed_noise")}
     assert "samples/fixed_noise/path" in image_keys or any(k.startswith("samples/fixed_noise") for k in image_keys)
     assert any(key.startswith("pictures/samples_over_time") for row in history_rows(records) for key in row)
+    assert any("eval/fid" in row for row in history_rows(records))
     config = config_values(records)
     assert config["world_size"] == 1 and config["batch_size"] == 128 and "versions/torch" in config
 
@@ -89,6 +90,9 @@ def test_pictures_metrics_and_config(finished_run):
     with open(run_dir / "metrics.csv") as f:
         rows = list(csv.DictReader(f))
     assert len(rows) == STEPS and PER_STEP_KEYS <= rows[0].keys()
+    # sample quality is evaluated each epoch and at the end (the run is shorter than an epoch): the last row
+    assert rows[-1]["eval/fid"] and float(rows[-1]["eval/fid"]) > 0 and not rows[0]["eval/fid"]
+    assert 0 <= float(rows[-1]["eval/class_coverage"]) <= 1
     config = json.loads((run_dir / "config.json").read_text())
     assert config["generator_weights"] == "ema" and config["final_step"] == STEPS
     # EMA and trained weights are both kept, and differ
