@@ -14,26 +14,26 @@ from gan.config import parse_config
 from gan.data import DataError
 from gan.trainer import NonFiniteLossError, PreemptedError, SetupError, train
 
+# What each expected failure prints (after "train_ddp.py: ") and its exit status; anything else is a bug: traceback.
+FAILURES = (
+    (SetupError, "error: invalid arguments for this launch:\n", 2),
+    (DataError, "data error: ", 1),
+    (CheckpointError, "checkpoint error: ", 1),
+    (NonFiniteLossError, "error: ", 1),
+)
+
 
 def main(argv: list[str] | None = None) -> int:
     config = parse_config(argv)
     try:
         train(config)
-    except SetupError as error:
-        print(f"train_ddp.py: error: invalid arguments for this launch:\n{error}", file=sys.stderr)
-        return 2
-    except DataError as error:
-        print(f"train_ddp.py: data error: {error}", file=sys.stderr)
-        return 1
-    except CheckpointError as error:
-        print(f"train_ddp.py: checkpoint error: {error}", file=sys.stderr)
-        return 1
-    except NonFiniteLossError as error:
-        print(f"train_ddp.py: error: {error}", file=sys.stderr)
-        return 1
     except PreemptedError as error:
         print(f"train_ddp.py: {error}; continue with --resume latest", file=sys.stderr, flush=True)
         return 128 + error.signum
+    except tuple(kind for kind, _, _ in FAILURES) as error:
+        prefix, status = next((p, s) for kind, p, s in FAILURES if isinstance(error, kind))
+        print(f"train_ddp.py: {prefix}{error}", file=sys.stderr, flush=True)
+        return status
     return 0
 
 

@@ -5,7 +5,6 @@ Chromium and ``npm ci`` in both example folders: ``bash examples/install.sh`` in
 calls it).
 """
 
-# ruff: noqa: F811  (test parameters named after the fixtures imported from test_export.py)
 
 from __future__ import annotations
 
@@ -18,9 +17,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import ROOT, run_command
+from conftest import ROOT, ExportedRun, run_command
 from PIL import Image
-from test_export import ExportedRun, onnx_generator, run  # noqa: F401  (shared fixtures)
 
 from gan.inference import OnnxGenerator, image_grid
 

@@ -1,7 +1,7 @@
 """export.py and gan/export.py on a generator really trained by train_ddp.py; files are read back from disk.
 
-The ``run`` fixture trains a few steps on the real test split and runs ``python export.py RUN --fp16``, once per
-pytest session; test_inference.py and test_examples.py import it and ``onnx_generator`` from here.
+The ``run`` fixture (conftest.py) trains a few steps on the real test split and runs ``python export.py RUN --fp16``,
+once per pytest session; test_inference.py and test_examples.py share it.
 """
 
 from __future__ import annotations
@@ -11,7 +11,6 @@ import os
 import shutil
 import sys
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -19,7 +18,9 @@ import onnx
 import onnxruntime as ort
 import pytest
 import torch
-from conftest import run_command, train_command
+from conftest import EXPORT_RUN_NAME as RUN_NAME
+from conftest import EXPORT_TRAIN_STEPS as TRAIN_STEPS
+from conftest import ExportedRun, run_command
 from onnx.external_data_helper import uses_external_data
 
 from gan.artifacts import CONFIG_FILE, GENERATOR_FILE, ArtifactError, load_generator, read_config
@@ -30,55 +31,12 @@ from gan.export import (
     VERIFY_BATCHES,
     ExportConfig,
     ExportError,
-    fp16_path,
     newest_run,
     parse_export_config,
     run_export,
     verify_onnx,
 )
-from gan.inference import OnnxGenerator
 from gan.models import Generator
-
-RUN_NAME = "export-fixture"
-# 40 small steps (~10 s on 2 cores): enough for outputs far from the near-zero ones of the initial weights
-# (std ~0.08, |max| ~0.45 instead of ~0.003), so that the 1e-5 comparisons are not trivially met.
-TRAIN_STEPS = 40
-TRAIN_BATCH = 32
-
-
-@dataclass(frozen=True)
-class ExportedRun:
-    run_dir: Path
-    export_stdout: str
-
-    @property
-    def model(self) -> Path:
-        return self.run_dir / MODEL_FILE
-
-    @property
-    def fp16_model(self) -> Path:
-        return fp16_path(self.model)
-
-
-@pytest.fixture(scope="module")
-def run(tmp_path_factory: pytest.TempPathFactory, shared_data: Path) -> ExportedRun:
-    """Train a few steps, then export with the real CLI: made once per session (on disk), shared by modules."""
-    base = tmp_path_factory.getbasetemp() / "exported-run"
-    run_dir = base / "runs" / RUN_NAME
-    stdout_file = base / "export.stdout"
-    if not stdout_file.is_file():
-        shutil.rmtree(base, ignore_errors=True)
-        flags = ["--cpu", "--data-dir", str(shared_data), "--split", "test", "--no-download", "--report-to", "none"]
-        flags += ["--max-steps", str(TRAIN_STEPS), "--batch-size", str(TRAIN_BATCH)]
-        run_command(train_command(*flags, "--output-dir", str(base / "runs"), "--run-name", RUN_NAME))
-        export = run_command([sys.executable, "export.py", str(run_dir), "--fp16"])
-        stdout_file.write_text(export.stdout)
-    return ExportedRun(run_dir, stdout_file.read_text())
-
-
-@pytest.fixture(scope="module")
-def onnx_generator(run: ExportedRun) -> OnnxGenerator:
-    return OnnxGenerator(run.model)
 
 
 def _fixed_noise(batch: int, latent_dim: int, seed: int = 1) -> torch.Tensor:

@@ -1,6 +1,5 @@
 """gan/inference.py and ``python -m gan.generate`` on the exported fixture generator, against PyTorch."""
 
-# ruff: noqa: F811  (test parameters named after the fixtures imported from test_export.py)
 
 from __future__ import annotations
 
@@ -11,9 +10,8 @@ import numpy as np
 import onnx
 import pytest
 import torch
-from conftest import run_command
+from conftest import ExportedRun, run_command
 from PIL import Image
-from test_export import ExportedRun, onnx_generator, run  # noqa: F401  (shared fixtures)
 
 from gan.artifacts import load_generator
 from gan.data import to_uint8 as torch_to_uint8

@@ -41,7 +41,8 @@ NO_SLURM = {name: None for name in os.environ if name.startswith(("SLURM_", "SBA
 
 def _flags(data_dir: Path, *extra: str) -> list[str]:
     return ["--data-dir", str(data_dir), "--split", "test", "--no-download", "--max-steps", str(STEPS),
-            "--checkpoint-every", str(CHECKPOINT_EVERY), "--report-to", "none", "--log-every", "1", *extra]
+            "--checkpoint-every", str(CHECKPOINT_EVERY), "--report-to", "none", "--log-every", "1",
+            "--eval-every", "0", *extra]
 
 
 def _assert_same_weights(a: Path, b: Path) -> None:
@@ -189,7 +190,7 @@ def _machine_command(shared_data: Path, out: Path, rank: int, port: int, dist_ti
             "--main_process_ip", "127.0.0.1", "--main_process_port", str(port),
             "train_ddp.py", "--data-dir", str(shared_data), "--split", "test", "--no-download",
             "--output-dir", str(out), "--run-name", "peers", "--report-to", "none", "--log-every", "1",
-            "--max-steps", "1000", "--dist-timeout", str(dist_timeout)]
+            "--max-steps", "1000", "--eval-every", "0", "--dist-timeout", str(dist_timeout)]
 
 
 @pytest.mark.parametrize(("failure", "victim_machine", "dist_timeout"), [("killed", 1, 20), ("hung", 0, 10)])

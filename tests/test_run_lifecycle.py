@@ -27,7 +27,7 @@ PER_STEP_KEYS = {"d_loss", "g_loss", "d_real", "d_fake", "images_per_second", "l
 def _flags(data_dir, output_dir, run_name, *extra):
     return ["--data-dir", str(data_dir), "--split", "test", "--no-download", "--output-dir", str(output_dir),
             "--run-name", run_name, "--max-steps", str(STEPS), "--sample-every", "5", "--checkpoint-every", "10",
-            "--keep-checkpoints", "2", "--log-every", "1", *extra]
+            "--keep-checkpoints", "2", "--log-every", "1", "--eval-every", "0", *extra]
 
 
 def _weights(path: Path) -> dict[str, torch.Tensor]:
@@ -46,7 +46,7 @@ def finished_run(shared_data, tmp_path_factory):
     """An uninterrupted 30-step run with default tracking (W&B, offline here) and EMA."""
     out = tmp_path_factory.mktemp("lifecycle")
     env = {"WANDB_API_KEY": None, "WANDB_MODE": None, "HOME": str(out)}  # not logged in: must fall back to offline
-    result = run_command(train_command(*_flags(shared_data, out, "reference")), env=env)
+    result = run_command(train_command(*_flags(shared_data, out, "reference", "--eval-every", str(STEPS))), env=env)
     return out / "reference", result
 
 

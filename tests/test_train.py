@@ -30,6 +30,8 @@ def _flags(data_dir, output_dir, run_name, *extra):
         "5",
         "--report-to",
         "none",
+        "--eval-every",
+        "0",
         *extra,
     ]
 
