@@ -397,7 +397,8 @@ def class_metrics(probabilities: torch.Tensor) -> dict[str, float]:
     histogram = torch.bincount(p.argmax(1), minlength=NUM_CLASSES).double() / len(p)
     return {
         "classifier_score": kl.mean().exp().item(),
-        "class_coverage": (-torch.special.xlogy(histogram, histogram).sum() / math.log(NUM_CLASSES)).item(),
+        # + 0.0 turns the -0.0 of a single-class histogram into 0.0
+        "class_coverage": (-torch.special.xlogy(histogram, histogram).sum() / math.log(NUM_CLASSES)).item() + 0.0,
         "confident_share": (p.max(1).values > CONFIDENCE_THRESHOLD).double().mean().item(),
     }
 
