@@ -20,6 +20,7 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 VARIANTS = {
     "literal": "the chapter's loop: per-item PIL/ToTensor transform, DataLoader(128, shuffle), Sigmoid+BCELoss, fp32",
@@ -31,63 +32,16 @@ VARIANTS = {
 
 
 def literal_port(data_dir: str, warmup: int, steps: int) -> float:
-    """The chapter's loop as written there (but with the shared test split), timed over ``steps`` batches."""
-    import torch.nn.functional as F  # noqa: F401  (the literal port uses nn.BCELoss below)
-    from PIL import Image
-    from torch import nn
-    from torch.utils.data import DataLoader, Dataset
-    from torchvision import transforms
+    """The chapter's loop as written there (benchmarks/literal_port.py), timed over ``steps`` batches."""
+    from literal_port import build_literal
 
-    from gan.data import load_kmnist
-    from gan.models import Discriminator, Generator
-
-    data = load_kmnist(data_dir, "test", download=False)
-
-    class KMNISTItems(Dataset):
-        transform = transforms.Compose(
-            [transforms.PILToTensor(), transforms.Lambda(lambda x: x.float() / 256)]
-        )
-
-        def __len__(self):
-            return len(data.images)
-
-        def __getitem__(self, index):
-            return self.transform(Image.fromarray(data.images[index].numpy(), mode="L")), data.labels[index]
-
-    torch.manual_seed(0)
-    generator = Generator()
-    discriminator = nn.Sequential(Discriminator(), nn.Sigmoid())
-    criterion = nn.BCELoss()
-    optimizer_g = torch.optim.Adam(generator.parameters(), lr=2e-4, betas=(0.5, 0.999))
-    optimizer_d = torch.optim.Adam(discriminator.parameters(), lr=2e-4, betas=(0.5, 0.999))
-    loader = DataLoader(KMNISTItems(), batch_size=128, shuffle=True)
-
-    def batches():
-        while True:
-            yield from loader
-
-    it = batches()
+    literal = build_literal(data_dir, seed=0)
+    batches = literal.batches()
     start = None
     for step in range(warmup + steps):
         if step == warmup:
             start = time.perf_counter()
-        real, _ = next(it)
-        batch_size = real.shape[0]
-        discriminator.zero_grad()
-        output = discriminator(real)
-        loss_real = criterion(output, torch.ones(batch_size))
-        loss_real.backward()
-        noise = torch.randn(batch_size, 100, 1, 1)
-        fake = generator(noise)
-        output = discriminator(fake.detach())
-        loss_fake = criterion(output, torch.zeros(batch_size))
-        loss_fake.backward()
-        optimizer_d.step()
-        generator.zero_grad()
-        output = discriminator(fake)
-        loss_g = criterion(output, torch.ones(batch_size))
-        loss_g.backward()
-        optimizer_g.step()
+        literal.step(next(batches))
     return steps * 128 / (time.perf_counter() - start)
 
 
