@@ -27,6 +27,7 @@ VARIANTS = {
     "project": "train_ddp.py's loop, default flags (fp32)",
     "project-bf16": "train_ddp.py's loop, --mixed-precision bf16",
     "project-channels-last": "train_ddp.py's loop, fp32, channels-last memory format",
+    "project-bf16-channels-last": "train_ddp.py's loop, --mixed-precision bf16, channels-last memory format",
     "project-compile": "train_ddp.py's loop, fp32, torch.compile of both networks",
 }
 
@@ -63,7 +64,8 @@ def project_loop(data_dir: str, warmup: int, steps: int, variant: str) -> float:
     data = load_data(config, accelerator)
     batches = ShardedBatches(data.images.to(accelerator.device), config.batch_size, config.seed)
     gan = build_gan(config, accelerator, sync_bn=False)
-    if variant == "project-channels-last":
+    channels_last = variant.endswith("channels-last")
+    if channels_last:
         gan.generator.to(memory_format=torch.channels_last)
         gan.discriminator.to(memory_format=torch.channels_last)
     if variant == "project-compile":
@@ -84,7 +86,7 @@ def project_loop(data_dir: str, warmup: int, steps: int, variant: str) -> float:
                 torch.cuda.synchronize()
             start = time.perf_counter()
         real = next(it)
-        if variant == "project-channels-last":
+        if channels_last:
             real = real.contiguous(memory_format=torch.channels_last)
         noise = step_noise(config.seed, step, config.batch_size, config.latent_dim, 0, 1).to(
             accelerator.device
