@@ -188,3 +188,15 @@ def test_resume_without_checkpoint_is_a_clear_error(tmp_path):
     result = run_command([sys.executable, "train_ddp.py", "--resume", "latest", "--output-dir", str(tmp_path)],
                          check=False)
     assert result.returncode == 2 and "no checkpoint under" in result.stderr
+
+
+def test_tensorboard_tracker_writes_scalars_and_images(shared_data, tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    run_command(train_command(*_flags(shared_data, tmp_path, "tb", "--report-to", "tensorboard",
+                                      "--max-steps", "12")))
+    events = EventAccumulator(str(tmp_path / "tb" / "kmnist-gan"), size_guidance={"images": 0, "scalars": 0})
+    events.Reload()
+    assert PER_STEP_KEYS <= set(events.Tags()["scalars"])
+    assert [event.step for event in events.Scalars("d_loss")] == list(range(1, 13))
+    assert {"samples/fixed_noise", "pictures/losses", "pictures/samples_over_time"} <= set(events.Tags()["images"])
