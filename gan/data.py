@@ -44,9 +44,6 @@ class KMNISTData:
     def __len__(self) -> int:
         return self.images.shape[0]
 
-    def to(self, device: torch.device | str) -> KMNISTData:
-        return KMNISTData(self.images.to(device), self.labels.to(device), self.split)
-
 
 def raw_folder(data_dir: str | os.PathLike) -> Path:
     return Path(data_dir) / "KMNIST" / "raw"

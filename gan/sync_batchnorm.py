@@ -139,6 +139,3 @@ def _replace_batchnorm(module: nn.Module) -> nn.Module:
         module.add_module(name, _replace_batchnorm(child))
     return module
 
-
-def uses_sync_batchnorm(module: nn.Module) -> bool:
-    return any(isinstance(m, (nn.SyncBatchNorm, CPUSyncBatchNorm)) for m in module.modules())
