@@ -496,12 +496,12 @@ def generate(
 
 
 def torch_sampler(generator: nn.Module) -> Sampler:
-    """Sample ``generator`` as it is (the caller chooses eval or train mode) on the device of its weights."""
-    device = next(generator.parameters()).device
+    """Sample ``generator`` as it is (the caller chooses eval or train mode) on the device and dtype of its weights."""
+    weight = next(generator.parameters())
 
     @torch.no_grad()
     def sample(z: torch.Tensor) -> torch.Tensor:
-        return generator(z.to(device))
+        return generator(z.to(weight.device, weight.dtype))
 
     return sample
 

@@ -9,6 +9,8 @@ import signal
 import sys
 import time
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -205,21 +207,24 @@ def make_evaluator(config: TrainConfig):
     return Evaluator(config.data_dir, config.split, device="cpu", kid_subsets=20, download=False)
 
 
+@contextmanager
+def eval_mode(module: torch.nn.Module) -> Iterator[torch.nn.Module]:
+    """``module`` in eval mode (running BatchNorm statistics, no cross-process work), then back as it was."""
+    was_training = module.training
+    module.eval()
+    try:
+        yield module
+    finally:
+        module.train(was_training)
+
+
 def evaluate_samples(evaluator, generator: torch.nn.Module, config: TrainConfig) -> dict[str, float]:
     """Sample-quality metrics of ``generator`` (eval mode, fixed seeded noise) as 'eval/<name>' entries."""
-    from gan.evaluation import generate
+    from gan.evaluation import generate, torch_sampler
 
     start = time.perf_counter()
-    was_training = generator.training
-    generator.eval()
-    weight = next(generator.parameters())
-
-    @torch.no_grad()
-    def sampler(z: torch.Tensor) -> torch.Tensor:
-        return generator(z.to(weight.device, weight.dtype))
-
-    images = generate(sampler, config.latent_dim, config.eval_samples, seed=config.seed + 2)
-    generator.train(was_training)
+    with eval_mode(generator):
+        images = generate(torch_sampler(generator), config.latent_dim, config.eval_samples, seed=config.seed + 2)
     metrics = evaluator.evaluate(images)
     metrics["seconds"] = time.perf_counter() - start
     return {f"eval/{name}": float(value) for name, value in metrics.items()}
@@ -227,12 +232,9 @@ def evaluate_samples(evaluator, generator: torch.nn.Module, config: TrainConfig)
 
 @torch.no_grad()
 def sample_images(generator: torch.nn.Module, noise: torch.Tensor) -> torch.Tensor:
-    """uint8 [N, 28, 28] from the generator in eval mode (running BatchNorm statistics, no cross-process work)."""
-    was_training = generator.training
-    generator.eval()
-    images = generator(noise)
-    generator.train(was_training)
-    return to_uint8(images[:, 0]).cpu()
+    """uint8 [N, 28, 28] from the generator in eval mode, for the picture grids."""
+    with eval_mode(generator):
+        return to_uint8(generator(noise)[:, 0]).cpu()
 
 
 def find_resume_checkpoint(config: TrainConfig) -> Path | None:
