@@ -1,18 +1,24 @@
-"""Training throughput: this project's loop against a literal port of the chapter's loop, same machine, same run.
+"""Training throughput: train_ddp.py against a literal port of the chapter's loop, same machine, same run.
 
-    python benchmarks/bench_train.py --data-dir ../shared/data --steps 60
+    python benchmarks/bench_train.py --steps 100 --warmup 10
 
-Each variant runs in its own process (accelerate's state is per process), one after another, on the same data
-(the 10,000-image test split), batch 128, the same number of timed steps after the same warm-up; start-up (imports,
-data loading, model building, compilation) is excluded. Prints images/s and the ratio to the literal port.
+The literal port (benchmarks/literal_port.py) is timed over ``--steps`` batches after ``--warmup`` untimed ones.
+Each project variant is ``train_ddp.py`` itself, run as a subprocess with its flags for ``warmup + steps`` steps on
+the same data (the 10,000-image test split), batch 128; its throughput comes from the per-step times it logs to
+``metrics.csv`` (a step's time covers drawing the batch, both updates, the metric all-reduce and the EMA update;
+start-up, sample grids, evaluations and checkpoints are excluded, as the literal port's start-up is). Variants run
+one after another, interleaved over ``--repeats``; the best run of each counts. Prints images/s and the ratio to
+the literal port.
 """
 
 from __future__ import annotations
 
 import argparse
+import csv
 import json
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -22,13 +28,16 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-VARIANTS = {
+# variant -> train_ddp.py flags (None: the literal port)
+VARIANTS: dict[str, list[str] | None] = {
+    "literal": None,
+    "project": ["--mixed-precision", "no"],  # default flags (on CPU that includes channels-last)
+    "project-bf16": ["--mixed-precision", "bf16"],
+    "project-no-channels-last": ["--mixed-precision", "no", "--no-channels-last"],
+    "project-bf16-no-channels-last": ["--mixed-precision", "bf16", "--no-channels-last"],
+}
+DESCRIPTIONS = {
     "literal": "the chapter's loop: per-item PIL/ToTensor transform, DataLoader(128, shuffle), Sigmoid+BCELoss, fp32",
-    "project": "train_ddp.py's loop, default flags (fp32)",
-    "project-bf16": "train_ddp.py's loop, --mixed-precision bf16",
-    "project-channels-last": "train_ddp.py's loop, fp32, channels-last memory format",
-    "project-bf16-channels-last": "train_ddp.py's loop, --mixed-precision bf16, channels-last memory format",
-    "project-compile": "train_ddp.py's loop, fp32, torch.compile of both networks",
 }
 
 
@@ -46,54 +55,27 @@ def literal_port(data_dir: str, warmup: int, steps: int) -> float:
     return steps * 128 / (time.perf_counter() - start)
 
 
-def project_loop(data_dir: str, warmup: int, steps: int, variant: str) -> float:
-    """The same components and calls as ``gan.trainer.train``'s loop."""
-    from gan.config import TrainConfig
-    from gan.data import ShardedBatches
-    from gan.trainer import build_gan, load_data, make_accelerator
-    from gan.training import step_noise, train_step
+def project_run(data_dir: str, warmup: int, steps: int, flags: list[str]) -> float:
+    """train_ddp.py with ``flags`` for ``warmup + steps`` steps; images/s over the last ``steps`` of them."""
+    with tempfile.TemporaryDirectory() as out:
+        command = [
+            sys.executable, str(ROOT / "train_ddp.py"), "--data-dir", data_dir, "--split", "test", "--no-download",
+            "--max-steps", str(warmup + steps), "--output-dir", out, "--run-name", "bench", "--report-to", "none",
+            "--eval-every", "0", "--log-every", str(warmup + steps), *flags,
+        ]
+        done = subprocess.run(command, capture_output=True, text=True, cwd=ROOT)
+        if done.returncode != 0:
+            raise SystemExit(f"{' '.join(command)} failed (exit {done.returncode}):\n{done.stderr[-3000:]}")
+        with open(Path(out) / "bench" / "metrics.csv", newline="") as f:
+            rows = [row for row in csv.DictReader(f) if int(row["step"]) > warmup]
+    assert len(rows) == steps, f"expected {steps} timed steps in metrics.csv, found {len(rows)}"
+    seconds = sum(128 / float(row["images_per_second"]) for row in rows)
+    return steps * 128 / seconds
 
-    config = TrainConfig(
-        data_dir=data_dir,
-        split="test",
-        no_download=True,
-        cpu=not torch.cuda.is_available(),
-        mixed_precision="bf16" if variant == "project-bf16" else "no",
-    )
-    accelerator = make_accelerator(config)
-    data = load_data(config, accelerator)
-    batches = ShardedBatches(data.images.to(accelerator.device), config.batch_size, config.seed)
-    gan = build_gan(config, accelerator, sync_bn=False)
-    channels_last = variant.endswith("channels-last")
-    if channels_last:
-        gan.generator.to(memory_format=torch.channels_last)
-        gan.discriminator.to(memory_format=torch.channels_last)
-    if variant == "project-compile":
-        gan.generator = torch.compile(gan.generator)
-        gan.discriminator = torch.compile(gan.discriminator)
 
-    def stream():
-        epoch = 0
-        while True:
-            yield from batches.epoch(epoch)
-            epoch += 1
-
-    it = stream()
-    start = None
-    for step in range(warmup + steps):
-        if step == warmup:
-            if accelerator.device.type == "cuda":
-                torch.cuda.synchronize()
-            start = time.perf_counter()
-        real = next(it)
-        if channels_last:
-            real = real.contiguous(memory_format=torch.channels_last)
-        noise = step_noise(config.seed, step, config.batch_size, config.latent_dim, 0, 1).to(
-            accelerator.device
-        )
-        metrics = train_step(accelerator, gan, real, noise)
-    metrics.cpu()  # wait for the device
-    return steps * 128 / (time.perf_counter() - start)
+def describe(variant: str) -> str:
+    flags = VARIANTS[variant]
+    return DESCRIPTIONS.get(variant) or "train_ddp.py " + " ".join(flags)
 
 
 def main() -> None:
@@ -113,11 +95,11 @@ def main() -> None:
     args = parser.parse_args()
 
     if args.one:
-        run = literal_port if args.one == "literal" else None
+        flags = VARIANTS[args.one]
         speed = (
-            run(args.data_dir, args.warmup, args.steps)
-            if run
-            else project_loop(args.data_dir, args.warmup, args.steps, args.one)
+            literal_port(args.data_dir, args.warmup, args.steps)
+            if flags is None
+            else project_run(args.data_dir, args.warmup, args.steps, flags)
         )
         print(json.dumps({"variant": args.one, "images_per_second": speed}))
         return
@@ -157,7 +139,7 @@ def main() -> None:
     reference = best.get("literal")
     for variant in args.variants:
         ratio = f"{best[variant] / reference:.2f}x" if reference else "-"
-        print(f"| {variant} | {best[variant]:.0f} | {ratio} | {VARIANTS[variant]} |")
+        print(f"| {variant} | {best[variant]:.0f} | {ratio} | {describe(variant)} |")
 
 
 if __name__ == "__main__":

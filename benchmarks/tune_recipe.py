@@ -2,12 +2,12 @@
 
     python benchmarks/tune_recipe.py --seeds 0 1 2 [--variants ...] [--out results.json]
 
-    # the study as measured (17 min on the 2-core CPU machine, other work running beside it):
-    python benchmarks/tune_recipe.py --seeds 0 1 2 --mixed-precision bf16 --work-dir /tmp/tune_recipe_final \
+    # the study as measured (see the README, "Tuning the recipe, measured"):
+    python benchmarks/tune_recipe.py --seeds 0 1 2 --mixed-precision bf16 --work-dir /tmp/tune_recipe_v2 \
         --out results.json
-    # controls, reusing those runs: the input range alone, and bf16 against fp32
-    python benchmarks/tune_recipe.py --seeds 0 1 2 --variants literal literal-signed defaults defaults-fp32 \
-        --mixed-precision bf16 --work-dir /tmp/tune_recipe_final
+    # controls: the literal loop with inputs in [-1, 1], EMA off, label smoothing, bf16 against fp32
+    python benchmarks/tune_recipe.py --seeds 0 1 2 --variants literal literal-signed defaults no-ema \
+        label-smoothing defaults-fp32 --mixed-precision bf16 --work-dir /tmp/tune_recipe_v2
 
 At the chapter's budget (5 epochs, batch 128) on the 10,000 images of the KMNIST test split, each variant is
 trained once per seed, then its final generator is evaluated on 10,000 samples against all 10,000 real test
@@ -15,18 +15,20 @@ images with gan.evaluation's KMNIST-classifier metrics (FID, KID, coverage, ...)
 means (FID also with its standard deviation over seeds and its ratio to the literal port's), the per-seed FIDs,
 the FID differences to ``defaults`` paired by seed, and whether the issue's target is met.
 
-Variants:
+Variants (``VARIANTS`` below has each one's flags):
 
 - ``literal``: the chapter's loop, ported literally (per-item PIL transform x/256 into [0, 1), DataLoader(128,
-  shuffle=True, drop_last=False), Sigmoid + BCELoss, eager fp32), trained in a subprocess of this script. Its
-  generator learned to imitate reals in [0, 1), so its tanh outputs live in about [0, 1): for the evaluator's
-  [-1, 1] convention its samples are mapped with clamp(x * 2 - 1, -1, 1), the fair comparison.
-- ``defaults``: ``train_ddp.py`` with the project's defaults (EMA 0.999, inputs in [-1, 1], BCE-with-logits);
-  ``generator.safetensors`` holds the EMA weights.
-- ``no-ema``: ``--ema-decay 0`` (the raw trained weights are the final generator).
-- ``label-smoothing``: ``--real-label 0.9`` (one-sided label smoothing; EMA on, as in the defaults).
+  shuffle=True, drop_last=False), Sigmoid + BCELoss, Adam 2e-4 / (0.5, 0.999), eager fp32), trained in a
+  subprocess of this script. Its generator learned to imitate reals in [0, 1), so its tanh outputs live in about
+  [0, 1): for the evaluator's [-1, 1] convention its samples are mapped with clamp(x * 2 - 1, -1, 1), the fair
+  comparison.
+- ``defaults``: ``train_ddp.py`` with the project's defaults; ``generator.safetensors`` holds the EMA weights.
 - ``trained-weights``: no training of its own: ``generator_trained.safetensors`` (the raw weights) of the
   ``defaults`` runs, to see what EMA alone does to the same run.
+- ``chapter-adam``: the project with the chapter's optimizer (the project's defaults before this study).
+- ``chapter-lr``, ``equal-lr``, ``chapter-betas``, ``beta1-0.5``: the defaults with one part of the optimizer
+  set back, to see what each part is worth.
+- ``no-ema``, ``label-smoothing``: the defaults with ``--ema-decay 0`` / ``--real-label 0.9``. Not run unless named.
 - ``defaults-fp32``: the defaults trained with ``--mixed-precision no``, to check that ``--mixed-precision bf16``
   (used for the project variants when ``--mixed-precision bf16`` is given) does not change quality. Not run unless
   named.
@@ -64,14 +66,21 @@ EPOCHS, BATCH_SIZE = 5, 128  # the chapter's budget
 # variant -> (how it is made, train_ddp.py flags or None, description)
 VARIANTS: dict[str, tuple[str, list[str] | None, str]] = {
     "literal": ("literal", None, "the chapter's loop: x/256 inputs, Sigmoid+BCELoss, fp32; samples mapped x*2-1"),
-    "defaults": ("project", [], "train_ddp.py defaults (inputs in [-1, 1], BCE-with-logits, EMA 0.999)"),
+    "chapter-adam": ("project", ["--lr", "2e-4", "--beta1", "0.5", "--beta2", "0.999"],
+                     "the project with the chapter's Adam (lr 2e-4 both, betas 0.5/0.999): the earlier defaults"),
+    "defaults": ("project", [], "train_ddp.py defaults (lr G 2e-3 / D 4e-4, betas 0/0.9, EMA 0.999, inputs [-1, 1])"),
+    "trained-weights": ("reuse", None, "the defaults runs' raw (non-EMA) weights, generator_trained.safetensors"),
+    "chapter-lr": ("project", ["--lr", "2e-4"], "defaults with the chapter's lr 2e-4 for both networks"),
+    "equal-lr": ("project", ["--lr", "4e-4"], "defaults with one lr, 4e-4 (D's), for both networks"),
+    "chapter-betas": ("project", ["--beta1", "0.5", "--beta2", "0.999"], "defaults with the chapter's betas"),
+    "beta1-0.5": ("project", ["--beta1", "0.5"], "defaults with the chapter's beta1 0.5 (momentum back)"),
     "no-ema": ("project", ["--ema-decay", "0"], "defaults with --ema-decay 0"),
     "label-smoothing": ("project", ["--real-label", "0.9"], "defaults with --real-label 0.9"),
-    "trained-weights": ("reuse", None, "the defaults runs' raw (non-EMA) weights, generator_trained.safetensors"),
     "defaults-fp32": ("project", ["--mixed-precision", "no"], "defaults, always fp32 (the bf16 check)"),
     "literal-signed": ("literal", None, "the literal port with inputs x/127.5-1, evaluated as it is"),
 }
-DEFAULT_VARIANTS = ["literal", "defaults", "no-ema", "label-smoothing", "trained-weights"]
+DEFAULT_VARIANTS = ["literal", "chapter-adam", "defaults", "trained-weights", "chapter-lr", "equal-lr", "chapter-betas",
+                    "beta1-0.5"]
 COLUMNS = (  # (metric, header, format)
     ("kid", "KID", "{:.4f}"),
     ("class_coverage", "class coverage", "{:.3f}"),

@@ -129,18 +129,27 @@ def load_data(config: TrainConfig, accelerator: Accelerator) -> KMNISTData:
     return load_kmnist(config.data_dir, config.split, download=False)
 
 
+def uses_channels_last(config: TrainConfig, accelerator: Accelerator) -> bool:
+    """--channels-last, else on for CPU training (benchmarks/bench_train.py: faster in fp32 and bf16 there)."""
+    return config.channels_last if config.channels_last is not None else accelerator.device.type == "cpu"
+
+
 def build_gan(config: TrainConfig, accelerator: Accelerator, sync_bn: bool) -> GAN:
     torch.manual_seed(config.seed)  # same initial weights on every process (DDP also broadcasts them)
     generator = Generator(config.latent_dim, config.base_width)
     discriminator = Discriminator(config.base_width)
     dtype = getattr(torch, config.dtype)
     generator, discriminator = generator.to(dtype), discriminator.to(dtype)  # initialised in fp32 either way
+    if uses_channels_last(config, accelerator):  # conv outputs follow the weights' layout; [B, 1, 28, 28] is both
+        generator = generator.to(memory_format=torch.channels_last)
+        discriminator = discriminator.to(memory_format=torch.channels_last)
     if sync_bn:
         generator = convert_sync_batchnorm(generator, accelerator.device)
         discriminator = convert_sync_batchnorm(discriminator, accelerator.device)
     betas = (config.beta1, config.beta2)
-    generator_optimizer = torch.optim.Adam(generator.parameters(), lr=config.lr, betas=betas)
-    discriminator_optimizer = torch.optim.Adam(discriminator.parameters(), lr=config.lr, betas=betas)
+    generator_optimizer = torch.optim.Adam(generator.parameters(), lr=config.lr_generator, betas=betas)
+    discriminator_optimizer = torch.optim.Adam(discriminator.parameters(), lr=config.lr_discriminator,
+                                               betas=betas)
     prepared = accelerator.prepare(generator, discriminator, generator_optimizer, discriminator_optimizer)
     return GAN(*prepared)
 
@@ -156,6 +165,7 @@ def run_metadata(
         "distributed_type": str(accelerator.distributed_type),
         "mixed_precision": accelerator.mixed_precision,
         "sync_bn": sync_bn,
+        "channels_last": uses_channels_last(config, accelerator),
         "generator_weights": "trained",
         "final_step": None,
         "versions": versions(),
@@ -367,13 +377,13 @@ def train(config: TrainConfig) -> RunResult:
     progress = Progress(total_steps, accelerator.is_main_process, config.log_every)
     progress.bar.update(state.step)
     try:
+        step_start = time.perf_counter()  # a step's time covers drawing its batch and training on it
         while state.step < total_steps:
             for real in batches.epoch(state.epoch, state.batch_in_epoch):
                 if state.step >= total_steps:
                     break
                 if real_samples is None:
                     real_samples = to_uint8(real[:16, 0]).cpu()  # the main process holds the global batch's head
-                step_start = time.perf_counter()
                 noise = step_noise(config.seed, state.step, config.batch_size, config.latent_dim,
                                    accelerator.process_index, accelerator.num_processes).to(device, dtype)
                 metrics = train_step(accelerator, gan, real, noise, config.real_label)
@@ -420,6 +430,7 @@ def train(config: TrainConfig) -> RunResult:
                     raise PreemptedError(stop.signum or signal.SIGTERM, path)
                 if state.step % checkpoint_every == 0 and state.step < total_steps:
                     checkpoint()
+                step_start = time.perf_counter()  # grids, evaluations and checkpoints are not training time
             else:
                 state.epoch += 1
                 state.batch_in_epoch = 0
