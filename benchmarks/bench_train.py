@@ -104,43 +104,27 @@ def main() -> None:
         print(json.dumps({"variant": args.one, "images_per_second": speed}))
         return
 
-    best: dict[str, float] = {}
+    speeds: dict[str, list[float]] = {variant: [] for variant in args.variants}
     for _ in range(args.repeats):
         for variant in args.variants:
-            out = subprocess.run(
-                [
-                    sys.executable,
-                    __file__,
-                    "--one",
-                    variant,
-                    "--data-dir",
-                    args.data_dir,
-                    "--steps",
-                    str(args.steps),
-                    "--warmup",
-                    str(args.warmup),
-                ],
-                capture_output=True,
-                text=True,
-                check=True,
-            )
-            speed = json.loads(out.stdout.strip().splitlines()[-1])["images_per_second"]
-            best[variant] = max(best.get(variant, 0.0), speed)
-    device = (
-        torch.cuda.get_device_name()
-        if torch.cuda.is_available()
-        else f"CPU, {torch.get_num_threads()} threads"
-    )
-    print(
-        f"device: {device}; torch {torch.__version__}; {args.steps} timed steps of batch 128 after "
-        f"{args.warmup} warm-up; best of {args.repeats}"
-    )
-    print("| variant | images/s | vs literal port | what |\n|---|---:|---:|---|")
-    reference = best.get("literal")
+            command = [sys.executable, __file__, "--one", variant, "--data-dir", args.data_dir,
+                       "--steps", str(args.steps), "--warmup", str(args.warmup)]
+            out = subprocess.run(command, capture_output=True, text=True, check=True)
+            speeds[variant].append(json.loads(out.stdout.strip().splitlines()[-1])["images_per_second"])
+    device = torch.cuda.get_device_name() if torch.cuda.is_available() else f"CPU, {torch.get_num_threads()} threads"
+    print(f"device: {device}; torch {torch.__version__}; {args.steps} timed steps of batch 128 after "
+          f"{args.warmup} warm-up; best of {args.repeats} interleaved repeats, and the range of the per-repeat "
+          f"ratios (each repeat's run against the same repeat's literal port)")
+    print("| variant | images/s | vs literal port | per-repeat range | what |\n|---|---:|---:|---:|---|")
+    reference = speeds.get("literal")
     for variant in args.variants:
-        ratio = f"{best[variant] / reference:.2f}x" if reference else "-"
-        print(f"| {variant} | {best[variant]:.0f} | {ratio} | {describe(variant)} |")
-
+        best = max(speeds[variant])
+        if reference:
+            ratios = [mine / theirs for mine, theirs in zip(speeds[variant], reference, strict=True)]
+            ratio, spread = f"{best / max(reference):.2f}x", f"{min(ratios):.2f}-{max(ratios):.2f}x"
+        else:
+            ratio = spread = "-"
+        print(f"| {variant} | {best:.0f} | {ratio} | {spread} | {describe(variant)} |")
 
 if __name__ == "__main__":
     main()
