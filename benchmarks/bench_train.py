@@ -35,7 +35,15 @@ VARIANTS: dict[str, list[str] | None] = {
     "project-bf16": ["--mixed-precision", "bf16"],
     "project-no-channels-last": ["--mixed-precision", "no", "--no-channels-last"],
     "project-bf16-no-channels-last": ["--mixed-precision", "bf16", "--no-channels-last"],
+    # GPU only (train_ddp.py refuses fp16 on CPU); on a GPU channels-last is off by default, so it gets its variants
+    "project-fp16": ["--mixed-precision", "fp16"],
+    "project-channels-last": ["--mixed-precision", "no", "--channels-last"],
+    "project-bf16-channels-last": ["--mixed-precision", "bf16", "--channels-last"],
+    "project-fp16-channels-last": ["--mixed-precision", "fp16", "--channels-last"],
 }
+CPU_VARIANTS = ["literal", "project", "project-bf16", "project-no-channels-last", "project-bf16-no-channels-last"]
+GPU_VARIANTS = ["literal", "project", "project-bf16", "project-fp16", "project-channels-last",
+                "project-bf16-channels-last", "project-fp16-channels-last"]
 DESCRIPTIONS = {
     "literal": "the chapter's loop: per-item PIL/ToTensor transform, DataLoader(128, shuffle), Sigmoid+BCELoss, fp32",
 }
@@ -45,13 +53,17 @@ def literal_port(data_dir: str, warmup: int, steps: int) -> float:
     """The chapter's loop as written there (benchmarks/literal_port.py), timed over ``steps`` batches."""
     from literal_port import build_literal
 
-    literal = build_literal(data_dir, seed=0)
+    cuda = torch.cuda.is_available()
+    literal = build_literal(data_dir, seed=0, device="cuda" if cuda else "cpu")  # the chapter's device choice
     batches = literal.batches()
     start = None
     for step in range(warmup + steps):
         if step == warmup:
+            if cuda:
+                torch.cuda.synchronize()
             start = time.perf_counter()
-        literal.step(next(batches))
+        losses = literal.step(next(batches))
+    losses[0].item()  # wait for the device
     return steps * 128 / (time.perf_counter() - start)
 
 
@@ -87,7 +99,8 @@ def main() -> None:
     parser.add_argument(
         "--warmup", type=int, default=10, help="untimed steps first (compilation happens here)"
     )
-    parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
+    parser.add_argument("--variants", nargs="+", choices=list(VARIANTS),
+                        help="default: the CPU or the GPU set, whichever this machine trains on")
     parser.add_argument(
         "--repeats", type=int, default=2, help="runs per variant, interleaved; the best counts"
     )
@@ -104,6 +117,7 @@ def main() -> None:
         print(json.dumps({"variant": args.one, "images_per_second": speed}))
         return
 
+    args.variants = args.variants or (GPU_VARIANTS if torch.cuda.is_available() else CPU_VARIANTS)
     speeds: dict[str, list[float]] = {variant: [] for variant in args.variants}
     for _ in range(args.repeats):
         for variant in args.variants:

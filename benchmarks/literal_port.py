@@ -44,25 +44,27 @@ class LiteralGAN:
     optimizer_d: torch.optim.Optimizer
     criterion: nn.Module
     loader: DataLoader
+    device: torch.device  # the chapter's: CUDA when available, else the CPU
 
     def step(self, real: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The chapter's D step then G step; returns (d_loss, g_loss)."""
+        real = real.to(self.device)
         batch_size = real.shape[0]
         # (1) Update D: maximize log D(x) + log(1 - D(G(z)))
         self.discriminator.zero_grad()
         output = self.discriminator(real)
-        loss_real = self.criterion(output, torch.ones(batch_size))
+        loss_real = self.criterion(output, torch.ones(batch_size, device=self.device))
         loss_real.backward()
-        noise = torch.randn(batch_size, LATENT_DIM, 1, 1)
+        noise = torch.randn(batch_size, LATENT_DIM, 1, 1, device=self.device)
         fake = self.generator(noise)
         output = self.discriminator(fake.detach())
-        loss_fake = self.criterion(output, torch.zeros(batch_size))
+        loss_fake = self.criterion(output, torch.zeros(batch_size, device=self.device))
         loss_fake.backward()
         self.optimizer_d.step()
         # (2) Update G: maximize log D(G(z))
         self.generator.zero_grad()
         output = self.discriminator(fake)
-        loss_g = self.criterion(output, torch.ones(batch_size))
+        loss_g = self.criterion(output, torch.ones(batch_size, device=self.device))
         loss_g.backward()
         self.optimizer_g.step()
         return (loss_real + loss_fake).detach(), loss_g.detach()
@@ -74,12 +76,14 @@ class LiteralGAN:
                 yield real
 
 
-def build_literal(data_dir: str, seed: int, signed_inputs: bool = False, batch_size: int = 128) -> LiteralGAN:
-    """The chapter's networks, optimizers and data loader on the 10,000-image test split."""
+def build_literal(data_dir: str, seed: int, signed_inputs: bool = False, batch_size: int = 128,
+                  device: str | torch.device = "cpu") -> LiteralGAN:
+    """The chapter's networks, optimizers and data loader on the 10,000-image test split, on ``device``."""
     data = load_kmnist(data_dir, "test", download=False)
     torch.manual_seed(seed)
-    generator = Generator()
-    discriminator = nn.Sequential(Discriminator(), nn.Sigmoid())
+    device = torch.device(device)
+    generator = Generator().to(device)
+    discriminator = nn.Sequential(Discriminator(), nn.Sigmoid()).to(device)
     return LiteralGAN(
         generator,
         discriminator,
@@ -87,4 +91,5 @@ def build_literal(data_dir: str, seed: int, signed_inputs: bool = False, batch_s
         torch.optim.Adam(discriminator.parameters(), lr=2e-4, betas=(0.5, 0.999)),
         nn.BCELoss(),
         DataLoader(KMNISTItems(data.images, data.labels, signed_inputs), batch_size=batch_size, shuffle=True),
+        device,
     )
