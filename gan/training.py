@@ -66,11 +66,14 @@ def frozen(discriminator: nn.Module) -> Iterator[nn.Module]:
     inside the module).
     """
     module = discriminator.module if isinstance(discriminator, DistributedDataParallel) else discriminator
-    module.requires_grad_(False)
+    trainable = [parameter for parameter in module.parameters() if parameter.requires_grad]
+    for parameter in trainable:
+        parameter.requires_grad_(False)
     try:
         yield module
     finally:
-        module.requires_grad_(True)
+        for parameter in trainable:  # exactly those it froze
+            parameter.requires_grad_(True)
 
 
 def train_step(accelerator: Accelerator, gan: GAN, real: torch.Tensor, noise: torch.Tensor,

@@ -70,3 +70,12 @@ def test_frozen_discriminator_still_passes_gradient_to_its_input():
     assert images.grad is not None and images.grad.abs().sum() > 0
     assert all(p.grad is None for p in discriminator.parameters())
     assert all(p.requires_grad for p in discriminator.parameters())
+
+
+def test_frozen_restores_only_what_it_froze():
+    discriminator = Discriminator()
+    discriminator.main[0].weight.requires_grad_(False)  # frozen by the caller, not by the G step
+    with frozen(discriminator):
+        pass
+    assert not discriminator.main[0].weight.requires_grad
+    assert discriminator.main[2].weight.requires_grad
