@@ -35,13 +35,16 @@ VARIANTS: dict[str, list[str] | None] = {
     "project-bf16": ["--mixed-precision", "bf16"],
     "project-no-channels-last": ["--mixed-precision", "no", "--no-channels-last"],
     "project-bf16-no-channels-last": ["--mixed-precision", "bf16", "--no-channels-last"],
+    "project-no-cpu-kernels": ["--mixed-precision", "no", "--no-cpu-kernels"],
+    "project-bf16-no-cpu-kernels": ["--mixed-precision", "bf16", "--no-cpu-kernels"],
     # GPU only (train_ddp.py refuses fp16 on CPU); on a GPU channels-last is off by default, so it gets its variants
     "project-fp16": ["--mixed-precision", "fp16"],
     "project-channels-last": ["--mixed-precision", "no", "--channels-last"],
     "project-bf16-channels-last": ["--mixed-precision", "bf16", "--channels-last"],
     "project-fp16-channels-last": ["--mixed-precision", "fp16", "--channels-last"],
 }
-CPU_VARIANTS = ["literal", "project", "project-bf16", "project-no-channels-last", "project-bf16-no-channels-last"]
+CPU_VARIANTS = ["literal", "project", "project-bf16", "project-no-cpu-kernels", "project-bf16-no-cpu-kernels",
+                "project-no-channels-last", "project-bf16-no-channels-last"]
 GPU_VARIANTS = ["literal", "project", "project-bf16", "project-fp16", "project-channels-last",
                 "project-bf16-channels-last", "project-fp16-channels-last"]
 DESCRIPTIONS = {

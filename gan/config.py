@@ -76,6 +76,12 @@ class TrainConfig:
                        "measured to help; off on GPU)",
                        action=argparse.BooleanOptionalAction),
     )
+    cpu_kernels: bool | None = field(
+        default=None,
+        metadata=_flag("use the project's faster CPU kernels for the small convolutions (gan/cpu_kernels.py): the "
+                       "same model and gradients, computed differently (default: on when training on CPU)",
+                       action=argparse.BooleanOptionalAction),
+    )
     cpu: bool = field(default=False, metadata=_flag("train on CPU even where a GPU exists (gloo across processes)"))
     sync_bn: bool | None = field(
         default=None,

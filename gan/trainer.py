@@ -26,6 +26,7 @@ from gan import pictures
 from gan.artifacts import CONFIG_FILE, GENERATOR_FILE, read_config, save_generator, versions, write_json_atomic
 from gan.checkpointing import CheckpointError, UnsafeCheckpointError, checkpoint_dirs, load_checkpoint, save_checkpoint
 from gan.config import TrainConfig
+from gan.cpu_kernels import keep_freed_memory, use_cpu_kernels
 from gan.data import DataError, KMNISTData, ShardedBatches, ensure_files, load_kmnist, to_uint8
 from gan.ema import GeneratorEMA
 from gan.models import Discriminator, Generator
@@ -134,6 +135,11 @@ def uses_channels_last(config: TrainConfig, accelerator: Accelerator) -> bool:
     return config.channels_last if config.channels_last is not None else accelerator.device.type == "cpu"
 
 
+def uses_cpu_kernels(config: TrainConfig, accelerator: Accelerator) -> bool:
+    """--cpu-kernels, else on for CPU training (gan/cpu_kernels.py; their layers act only on CPU tensors)."""
+    return config.cpu_kernels if config.cpu_kernels is not None else accelerator.device.type == "cpu"
+
+
 def build_gan(config: TrainConfig, accelerator: Accelerator, sync_bn: bool) -> GAN:
     torch.manual_seed(config.seed)  # same initial weights on every process (DDP also broadcasts them)
     generator = Generator(config.latent_dim, config.base_width)
@@ -143,13 +149,16 @@ def build_gan(config: TrainConfig, accelerator: Accelerator, sync_bn: bool) -> G
     if uses_channels_last(config, accelerator):  # conv outputs follow the weights' layout; [B, 1, 28, 28] is both
         generator = generator.to(memory_format=torch.channels_last)
         discriminator = discriminator.to(memory_format=torch.channels_last)
+    if uses_cpu_kernels(config, accelerator):
+        use_cpu_kernels(generator)
+        use_cpu_kernels(discriminator)
     if sync_bn:
         generator = convert_sync_batchnorm(generator, accelerator.device)
         discriminator = convert_sync_batchnorm(discriminator, accelerator.device)
-    betas = (config.beta1, config.beta2)
-    generator_optimizer = torch.optim.Adam(generator.parameters(), lr=config.lr_generator, betas=betas)
-    discriminator_optimizer = torch.optim.Adam(discriminator.parameters(), lr=config.lr_discriminator,
-                                               betas=betas)
+    # one fused kernel per optimizer step on CPU (measured: 0.4 vs 1.0 ms for both); GPUs keep the default
+    adam = {"betas": (config.beta1, config.beta2), "fused": accelerator.device.type == "cpu" or None}
+    generator_optimizer = torch.optim.Adam(generator.parameters(), lr=config.lr_generator, **adam)
+    discriminator_optimizer = torch.optim.Adam(discriminator.parameters(), lr=config.lr_discriminator, **adam)
     prepared = accelerator.prepare(generator, discriminator, generator_optimizer, discriminator_optimizer)
     return GAN(*prepared)
 
@@ -166,6 +175,7 @@ def run_metadata(
         "mixed_precision": accelerator.mixed_precision,
         "sync_bn": sync_bn,
         "channels_last": uses_channels_last(config, accelerator),
+        "cpu_kernels": uses_cpu_kernels(config, accelerator),
         "generator_weights": "trained",
         "final_step": None,
         "versions": versions(),
@@ -328,9 +338,11 @@ def train(config: TrainConfig) -> RunResult:
         raise SetupError(f"  - {run_dir} already holds a run; choose another --run-name, or continue it with "
                          f"--resume latest --run-name {run_dir.name}")
 
+    device = accelerator.device
+    if device.type == "cpu":
+        keep_freed_memory()  # no page faults on each step's fresh activations (gan/cpu_kernels.py)
     data = load_data(config, accelerator)
     dtype = getattr(torch, config.dtype)
-    device = accelerator.device
     batches = ShardedBatches(data.images.to(device), config.batch_size, config.seed,
                              accelerator.process_index, accelerator.num_processes, dtype)
     total_steps = batches.steps_per_epoch * config.epochs

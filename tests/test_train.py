@@ -100,6 +100,7 @@ def test_bf16_run_on_cpu(shared_data, tmp_path):
     assert len(losses) == 3 and all(math.isfinite(v) for pair in losses for v in pair)
     generator, config = load_generator(tmp_path / "bf16")
     assert config["mixed_precision"] == "bf16" and config["final_step"] == 15
+    assert config["channels_last"] is True and config["cpu_kernels"] is True  # the CPU defaults, bf16 GEMM included
     images = generator(torch.randn(4, 100))
     assert images.shape == (4, 1, 28, 28) and torch.isfinite(images).all()
     assert images.std() > 0.01  # not a constant image

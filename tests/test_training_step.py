@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 from accelerate import Accelerator
 
+from gan.cpu_kernels import use_cpu_kernels
 from gan.models import Discriminator, Generator
 from gan.training import GAN, frozen, train_step
 
@@ -37,10 +38,13 @@ def accelerator():
     return Accelerator(cpu=True)
 
 
-@pytest.mark.parametrize("channels_last", [False, True], ids=["contiguous", "channels-last"])
-def test_train_step_matches_the_chapter_step(accelerator, channels_last):
-    """Same weights after 3 steps (float64): the one D backward, the frozen-D G step and the channels-last layout
-    change no number."""
+@pytest.mark.parametrize(
+    ("channels_last", "cpu_kernels"), [(False, False), (True, False), (True, True)],
+    ids=["contiguous", "channels-last", "channels-last+cpu-kernels"],
+)
+def test_train_step_matches_the_chapter_step(accelerator, channels_last, cpu_kernels):
+    """Same weights after 3 steps (float64): the one D backward, the frozen-D G step, the channels-last layout and
+    the CPU kernels (their float64 paths; the bf16 GEMM has its own tests) change no number."""
     torch.manual_seed(0)
     generator, discriminator = Generator().double(), Discriminator().double()
     reference = copy.deepcopy(generator), copy.deepcopy(discriminator)
@@ -48,6 +52,8 @@ def test_train_step_matches_the_chapter_step(accelerator, channels_last):
         generator.to(memory_format=torch.channels_last)
         discriminator.to(memory_format=torch.channels_last)
         assert generator.main[3].weight.is_contiguous(memory_format=torch.channels_last)
+    if cpu_kernels:
+        assert len(use_cpu_kernels(generator)) == len(use_cpu_kernels(discriminator)) == 4
     gan = GAN(generator, discriminator, _sgd(generator), _sgd(discriminator))
     ref_opts = _sgd(reference[0]), _sgd(reference[1])
     for _ in range(3):

@@ -1,0 +1,240 @@
+"""CPU speed-ups for training that leave the model's arithmetic alone (benchmarks/bench_train.py measures them).
+
+- ``keep_freed_memory``: glibc hands large freed blocks back to the kernel, so every step page-faults its fresh
+  activations in again (about 1,500 faults per step here). Keeping them in the heap removes that work.
+- ``use_cpu_kernels`` swaps convolution layers for subclasses with the same parameters whose CPU path is faster:
+  - under bf16, oneDNN's weight-gradient kernels for these small convolutions run at a fraction of its forward
+    speed. The weight gradient is one matrix product of the output gradient with the unfolded (im2col) input,
+    which the bf16 GEMM computes faster; the forward and the input gradient stay oneDNN's.
+  - a stride-2 transposed convolution to ONE channel (the generator's last layer, and the input gradient of the
+    discriminator's first layer) is slow in oneDNN. It equals a stride-1 2x2 convolution to 4 channels followed
+    by a pixel shuffle (the sub-pixel form), which oneDNN runs 2-3x faster, in fp32 and bf16 alike.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import sys
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+_M_TRIM_THRESHOLD = -1
+_M_MMAP_THRESHOLD = -3
+_MMAP_THRESHOLD_BYTES = 32 << 20  # glibc's own ceiling for its adaptive threshold; the data tensor stays mmapped
+_TRIM_THRESHOLD_BYTES = 128 << 20
+_MIN_UNFOLDED_CHANNELS = 8  # unfolding a 1-channel tensor is slower than oneDNN's kernel (measured: D's first layer)
+
+
+def keep_freed_memory() -> bool:
+    """Keep freed blocks under 32 MiB in the process heap instead of returning them to the kernel (glibc only).
+
+    Returns whether the setting was applied (False off Linux/glibc, where there is nothing to do).
+    """
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):  # musl and other C libraries have no mallopt
+        return False
+    mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
+    return bool(mallopt(_M_MMAP_THRESHOLD, _MMAP_THRESHOLD_BYTES)) and bool(
+        mallopt(_M_TRIM_THRESHOLD, _TRIM_THRESHOLD_BYTES)
+    )
+
+
+def _unfold(tensor: torch.Tensor, kernel: tuple[int, int], stride: tuple[int, int], padding: tuple[int, int],
+            out_size: tuple[int, int]) -> torch.Tensor:
+    """im2col: (N, C, H, W) -> (N * out_h * out_w, kh * kw * C), one row per output position, channels fastest."""
+    padded = F.pad(tensor, (padding[1], padding[1], padding[0], padding[0]))
+    rows = padded.permute(0, 2, 3, 1)  # (N, H, W, C): a view when channels-last
+    if not rows.is_contiguous():
+        rows = rows.contiguous()
+    batch, _, _, channels = rows.shape
+    s_n, s_h, s_w, s_c = rows.stride()
+    windows = rows.as_strided(
+        (batch, *out_size, *kernel, channels), (s_n, stride[0] * s_h, stride[1] * s_w, s_h, s_w, s_c)
+    )
+    return windows.reshape(-1, kernel[0] * kernel[1] * channels)
+
+
+def _pixels(tensor: torch.Tensor) -> torch.Tensor:
+    """(N, C, H, W) -> (N * H * W, C)."""
+    return tensor.permute(0, 2, 3, 1).reshape(-1, tensor.shape[1])
+
+
+class _ConvWithGemmWeightGrad(torch.autograd.Function):
+    """conv2d / conv_transpose2d (no bias, groups 1, dilation 1) whose weight gradient is one GEMM."""
+
+    @staticmethod
+    def forward(ctx, x, weight, stride, padding, transposed):
+        ctx.save_for_backward(x, weight)
+        ctx.stride, ctx.padding, ctx.transposed = stride, padding, transposed
+        conv = F.conv_transpose2d if transposed else F.conv2d
+        return conv(x, weight, stride=stride, padding=padding)
+
+    @staticmethod
+    def backward(ctx, grad):
+        x, weight = ctx.saved_tensors
+        stride, padding, transposed = ctx.stride, ctx.padding, ctx.transposed
+        grad_input = grad_weight = None
+        if ctx.needs_input_grad[0]:
+            grad_input = torch.ops.aten.convolution_backward(
+                grad, x, weight, None, list(stride), list(padding), [1, 1], transposed, [0, 0], 1,
+                [True, False, False],
+            )[0]
+        if ctx.needs_input_grad[1]:
+            kernel = tuple(weight.shape[-2:])
+            if transposed:  # weight (C_in, C_out, kh, kw): x's pixels against the unfolded output gradient
+                columns = _unfold(grad, kernel, stride, padding, tuple(x.shape[-2:]))
+                grad_weight = (_pixels(x).t() @ columns).view(x.shape[1], *kernel, grad.shape[1])
+            else:  # weight (C_out, C_in, kh, kw): the output gradient against the unfolded input
+                columns = _unfold(x, kernel, stride, padding, tuple(grad.shape[-2:]))
+                grad_weight = (_pixels(grad).t() @ columns).view(grad.shape[1], *kernel, x.shape[1])
+            grad_weight = grad_weight.permute(0, 3, 1, 2)  # (.., .., kh, kw), laid out channels-last
+        return grad_input, grad_weight, None, None, None
+
+
+def _subpixel_weight(weight: torch.Tensor) -> torch.Tensor:
+    """(C, 1, 4, 4) transposed-conv weight -> (4, C, 2, 2) conv weight, one output channel per output pixel parity.
+
+    out[2m + b, 2n + d] = sum over a, c in {0, 1} of x[m - a, n - c] . weight[:, 0, 2a + b, 2c + d]; a conv2d of x
+    padded by 1 reads x[m + a' - 1], so its tap a' is the kernel row 2 (1 - a') + b (hence the flips).
+    """
+    channels = weight.shape[0]
+    taps = weight.reshape(channels, 2, 2, 2, 2)  # (C, a, b, c, d): kernel row 2a + b, column 2c + d
+    return taps.flip(1).flip(3).permute(2, 4, 0, 1, 3).reshape(4, channels, 2, 2)
+
+
+def subpixel_conv_transpose(x: torch.Tensor, weight: torch.Tensor, padding: int,
+                            size: tuple[int, int] | None = None) -> torch.Tensor:
+    """``conv_transpose2d(x, weight, stride=2, padding=padding)`` for a (C, 1, 4, 4) weight, in sub-pixel form.
+
+    ``size``: the output's (H, W) where it is one larger than the default (an odd-sized forward input).
+    """
+    parities = F.conv2d(x, _subpixel_weight(weight), padding=1)  # (N, 4, H + 1, W + 1)
+    full = F.pixel_shuffle(parities, 2)  # (N, 1, 2H + 2, 2W + 2): the output before its padding is cropped
+    height, width = size or (full.shape[-2] - 2 * padding, full.shape[-1] - 2 * padding)
+    return full[:, :, padding : padding + height, padding : padding + width]
+
+
+class _ConvWithSubpixelInputGrad(torch.autograd.Function):
+    """conv2d of a 1-channel input (stride 2, 4x4 kernel) whose input gradient is taken in sub-pixel form."""
+
+    @staticmethod
+    def forward(ctx, x, weight, padding):
+        ctx.save_for_backward(x, weight)
+        ctx.padding = padding
+        return F.conv2d(x, weight, stride=2, padding=padding)
+
+    @staticmethod
+    def backward(ctx, grad):
+        x, weight = ctx.saved_tensors
+        grad_input = grad_weight = None
+        if ctx.needs_input_grad[0]:
+            grad_input = subpixel_conv_transpose(grad, weight, ctx.padding, tuple(x.shape[-2:]))
+        if ctx.needs_input_grad[1]:
+            grad_weight = torch.ops.aten.convolution_backward(
+                grad, x, weight, None, [2, 2], [ctx.padding, ctx.padding], [1, 1], False, [0, 0], 1,
+                [False, True, False],
+            )[1]
+        return grad_input, grad_weight, None
+
+
+def _cast_for_autocast(x: torch.Tensor, weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """What autocast would hand a convolution (both in its dtype), for code that runs with autocast off."""
+    device = x.device.type
+    if not torch.is_autocast_enabled(device):
+        return x, weight
+    dtype = torch.get_autocast_dtype(device)
+    return x.to(dtype), weight.to(dtype)
+
+
+class GemmWeightGradConv2d(nn.Conv2d):
+    """nn.Conv2d whose weight gradient under bf16 on CPU is one GEMM; otherwise exactly nn.Conv2d."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = _gemm_forward(self, x)
+        return super().forward(x) if out is None else out
+
+
+class GemmWeightGradConvTranspose2d(nn.ConvTranspose2d):
+    """nn.ConvTranspose2d whose weight gradient under bf16 on CPU is one GEMM; otherwise exactly the parent."""
+
+    def forward(self, x: torch.Tensor, output_size: list[int] | None = None) -> torch.Tensor:
+        out = _gemm_forward(self, x) if output_size is None else None
+        return super().forward(x, output_size) if out is None else out
+
+
+def _gemm_forward(layer: nn.Conv2d | nn.ConvTranspose2d, x: torch.Tensor) -> torch.Tensor | None:
+    """The GEMM-weight-gradient path where it applies (CPU, bf16, a weight gradient to compute), else None."""
+    if not (x.device.type == "cpu" and layer.weight.requires_grad and torch.is_grad_enabled()):
+        return None
+    x, weight = _cast_for_autocast(x, layer.weight)
+    if weight.dtype != torch.bfloat16:  # fp32 GEMMs lose to oneDNN here (measured)
+        return None
+    with torch.autocast("cpu", enabled=False):
+        return _ConvWithGemmWeightGrad.apply(x, weight, layer.stride, layer.padding, layer.transposed)
+
+
+class SubpixelGradConv2d(nn.Conv2d):
+    """nn.Conv2d (1 input channel, stride 2, 4x4) whose input gradient on CPU is taken in sub-pixel form."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.device.type != "cpu" or not (x.requires_grad and torch.is_grad_enabled()):
+            return super().forward(x)
+        x, weight = _cast_for_autocast(x, self.weight)
+        with torch.autocast("cpu", enabled=False):
+            return _ConvWithSubpixelInputGrad.apply(x, weight, self.padding[0])
+
+
+class SubpixelConvTranspose2d(nn.ConvTranspose2d):
+    """nn.ConvTranspose2d (to 1 channel, stride 2, 4x4) computed in sub-pixel form on CPU."""
+
+    def forward(self, x: torch.Tensor, output_size: list[int] | None = None) -> torch.Tensor:
+        if x.device.type != "cpu" or output_size is not None:
+            return super().forward(x, output_size)
+        return subpixel_conv_transpose(x, self.weight, self.padding[0])  # autocast applies to its conv2d
+
+
+def _plain(layer: nn.Conv2d | nn.ConvTranspose2d) -> bool:
+    return (
+        layer.bias is None and layer.groups == 1 and layer.dilation == (1, 1) and layer.padding_mode == "zeros"
+        and not isinstance(layer.padding, str) and layer.output_padding == (0, 0)
+    )
+
+
+def _kernel_for(layer: nn.Module) -> type[nn.Module] | None:
+    """Which faster subclass serves ``layer`` (None: it stays as it is)."""
+    if type(layer) not in (nn.Conv2d, nn.ConvTranspose2d) or not _plain(layer):
+        return None
+    single_channel = layer.out_channels == 1 if layer.transposed else layer.in_channels == 1
+    subpixel_shape = (
+        layer.kernel_size == (4, 4) and layer.stride == (2, 2) and layer.padding[0] == layer.padding[1] >= 1
+    )
+    if single_channel and subpixel_shape:
+        return SubpixelConvTranspose2d if layer.transposed else SubpixelGradConv2d
+    # the unfolded tensor is the input of a convolution and the output gradient of a transposed one
+    unfolded_channels = layer.out_channels if layer.transposed else layer.in_channels
+    if unfolded_channels >= _MIN_UNFOLDED_CHANNELS:
+        return GemmWeightGradConvTranspose2d if layer.transposed else GemmWeightGradConv2d
+    return None
+
+
+def use_cpu_kernels(module: nn.Module) -> dict[str, str]:
+    """Switch ``module``'s convolutions to the faster CPU kernels where they apply, in place.
+
+    Returns {layer name: kernel class name}. Parameters, state-dict keys and outputs are unchanged (the
+    subclasses add no state and fall back to the parent's forward off CPU); only how gradients (or, for the
+    single-channel layers, the output) are computed differs.
+    """
+    switched = {}
+    for name, layer in module.named_modules():
+        kernel = _kernel_for(layer)
+        if kernel is not None:
+            layer.__class__ = kernel
+            switched[name] = kernel.__name__
+    return switched
