@@ -9,6 +9,7 @@
   - a stride-2 transposed convolution to ONE channel (the generator's last layer, and the input gradient of the
     discriminator's first layer) is slow in oneDNN. It equals a stride-1 2x2 convolution to 4 channels followed
     by a pixel shuffle (the sub-pixel form), which oneDNN runs 2-3x faster, in fp32 and bf16 alike.
+  - a transposed convolution of a 1x1 input (the generator's first layer) is one matrix product.
 """
 
 from __future__ import annotations
@@ -121,6 +122,25 @@ def subpixel_conv_transpose(x: torch.Tensor, weight: torch.Tensor, padding: int,
     return full[:, :, padding : padding + height, padding : padding + width]
 
 
+class _SubpixelConvTranspose(torch.autograd.Function):
+    """conv_transpose2d to 1 channel (stride 2, 4x4) in sub-pixel form; its backward is oneDNN's, fast here."""
+
+    @staticmethod
+    def forward(ctx, x, weight, padding):
+        ctx.save_for_backward(x, weight)
+        ctx.padding = padding
+        return subpixel_conv_transpose(x, weight, padding)
+
+    @staticmethod
+    def backward(ctx, grad):
+        x, weight = ctx.saved_tensors
+        mask = [ctx.needs_input_grad[0], ctx.needs_input_grad[1], False]
+        grad_input, grad_weight, _ = torch.ops.aten.convolution_backward(
+            grad, x, weight, None, [2, 2], [ctx.padding, ctx.padding], [1, 1], True, [0, 0], 1, mask
+        )
+        return grad_input, grad_weight, None
+
+
 class _ConvWithSubpixelInputGrad(torch.autograd.Function):
     """conv2d of a 1-channel input (stride 2, 4x4 kernel) whose input gradient is taken in sub-pixel form."""
 
@@ -197,7 +217,20 @@ class SubpixelConvTranspose2d(nn.ConvTranspose2d):
     def forward(self, x: torch.Tensor, output_size: list[int] | None = None) -> torch.Tensor:
         if x.device.type != "cpu" or output_size is not None:
             return super().forward(x, output_size)
-        return subpixel_conv_transpose(x, self.weight, self.padding[0])  # autocast applies to its conv2d
+        x, weight = _cast_for_autocast(x, self.weight)
+        with torch.autocast("cpu", enabled=False):
+            return _SubpixelConvTranspose.apply(x, weight, self.padding[0])
+
+
+class MatmulConvTranspose2d(GemmWeightGradConvTranspose2d):
+    """nn.ConvTranspose2d without padding: on a 1x1 input (the generator's first layer) it is one matrix product."""
+
+    def forward(self, x: torch.Tensor, output_size: list[int] | None = None) -> torch.Tensor:
+        if x.device.type != "cpu" or x.shape[-2:] != (1, 1) or output_size is not None:
+            return super().forward(x, output_size)
+        weight = self.weight  # (C_in, C_out, kh, kw); a view below when channels-last
+        columns = x.flatten(1) @ weight.permute(0, 2, 3, 1).reshape(weight.shape[0], -1)  # (N, kh * kw * C_out)
+        return columns.view(len(x), *weight.shape[2:], weight.shape[1]).permute(0, 3, 1, 2)  # channels-last
 
 
 def _plain(layer: nn.Conv2d | nn.ConvTranspose2d) -> bool:
@@ -217,6 +250,8 @@ def _kernel_for(layer: nn.Module) -> type[nn.Module] | None:
     )
     if single_channel and subpixel_shape:
         return SubpixelConvTranspose2d if layer.transposed else SubpixelGradConv2d
+    if layer.transposed and layer.padding == (0, 0):
+        return MatmulConvTranspose2d  # a matrix product on 1x1 inputs; the GEMM weight gradient otherwise
     # the unfolded tensor is the input of a convolution and the output gradient of a transposed one
     unfolded_channels = layer.out_channels if layer.transposed else layer.in_channels
     if unfolded_channels >= _MIN_UNFOLDED_CHANNELS:
