@@ -1,6 +1,6 @@
 """Training throughput: train_ddp.py against a literal port of the chapter's loop, same machine, same run.
 
-    python benchmarks/bench_train.py --steps 150 --warmup 10 --repeats 4
+    python benchmarks/bench_train.py --steps 150 --warmup 10 --repeats 6
 
 The literal port (benchmarks/literal_port.py) is timed over ``--steps`` batches after ``--warmup`` untimed ones.
 Each project variant is ``train_ddp.py`` itself, run as a subprocess with its flags for ``warmup + steps`` steps on
