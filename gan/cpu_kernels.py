@@ -165,13 +165,18 @@ class _ConvWithSubpixelInputGrad(torch.autograd.Function):
         return grad_input, grad_weight, None
 
 
-def _cast_for_autocast(x: torch.Tensor, weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """What autocast would hand a convolution (both in its dtype), for code that runs with autocast off."""
+def _compute_dtype(x: torch.Tensor, weight: torch.Tensor) -> torch.dtype:
+    """The dtype a convolution computes in: autocast's where it is on, else the weight's."""
     device = x.device.type
-    if not torch.is_autocast_enabled(device):
-        return x, weight
-    dtype = torch.get_autocast_dtype(device)
-    return x.to(dtype), weight.to(dtype)
+    return torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else weight.dtype
+
+
+def _apply_as_autocast_would(function: type[torch.autograd.Function], x: torch.Tensor, weight: torch.Tensor,
+                             *args) -> torch.Tensor:
+    """``function`` on x and weight cast as autocast would cast a convolution's, with autocast off inside it."""
+    dtype = _compute_dtype(x, weight)
+    with torch.autocast(x.device.type, enabled=False):
+        return function.apply(x.to(dtype), weight.to(dtype), *args)
 
 
 class GemmWeightGradConv2d(nn.Conv2d):
@@ -194,11 +199,10 @@ def _gemm_forward(layer: nn.Conv2d | nn.ConvTranspose2d, x: torch.Tensor) -> tor
     """The GEMM-weight-gradient path where it applies (CPU, bf16, a weight gradient to compute), else None."""
     if not (x.device.type == "cpu" and layer.weight.requires_grad and torch.is_grad_enabled()):
         return None
-    x, weight = _cast_for_autocast(x, layer.weight)
-    if weight.dtype != torch.bfloat16:  # fp32 GEMMs lose to oneDNN here (measured)
+    if _compute_dtype(x, layer.weight) != torch.bfloat16:  # fp32 GEMMs lose to oneDNN here (measured)
         return None
-    with torch.autocast("cpu", enabled=False):
-        return _ConvWithGemmWeightGrad.apply(x, weight, layer.stride, layer.padding, layer.transposed)
+    return _apply_as_autocast_would(_ConvWithGemmWeightGrad, x, layer.weight, layer.stride, layer.padding,
+                                    layer.transposed)
 
 
 class SubpixelGradConv2d(nn.Conv2d):
@@ -207,9 +211,7 @@ class SubpixelGradConv2d(nn.Conv2d):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.device.type != "cpu" or not (x.requires_grad and torch.is_grad_enabled()):
             return super().forward(x)
-        x, weight = _cast_for_autocast(x, self.weight)
-        with torch.autocast("cpu", enabled=False):
-            return _ConvWithSubpixelInputGrad.apply(x, weight, self.padding[0])
+        return _apply_as_autocast_would(_ConvWithSubpixelInputGrad, x, self.weight, self.padding[0])
 
 
 class SubpixelConvTranspose2d(nn.ConvTranspose2d):
@@ -218,9 +220,7 @@ class SubpixelConvTranspose2d(nn.ConvTranspose2d):
     def forward(self, x: torch.Tensor, output_size: list[int] | None = None) -> torch.Tensor:
         if x.device.type != "cpu" or output_size is not None:
             return super().forward(x, output_size)
-        x, weight = _cast_for_autocast(x, self.weight)
-        with torch.autocast("cpu", enabled=False):
-            return _SubpixelConvTranspose.apply(x, weight, self.padding[0])
+        return _apply_as_autocast_would(_SubpixelConvTranspose, x, self.weight, self.padding[0])
 
 
 class MatmulConvTranspose2d(GemmWeightGradConvTranspose2d):
