@@ -122,7 +122,7 @@ def convert_sync_batchnorm(module: nn.Module, device: torch.device) -> nn.Module
 
 
 def _replace_batchnorm(module: nn.Module) -> nn.Module:
-    if type(module) is nn.BatchNorm2d:
+    if isinstance(module, nn.BatchNorm2d) and not isinstance(module, CPUSyncBatchNorm):  # subclasses too
         synced = CPUSyncBatchNorm(
             module.num_features,
             module.eps,

@@ -17,6 +17,7 @@ from gan.cpu_kernels import (
     SubpixelConvTranspose2d,
     SubpixelGradConv2d,
     _ConvWithGemmWeightGrad,
+    _product,
     subpixel_conv_transpose,
     use_cpu_kernels,
 )
@@ -108,6 +109,102 @@ def test_matmul_form_of_a_transposed_convolution(channels_last, size):
         torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
 
 
+@pytest.mark.parametrize("channels_last", [False, True], ids=["contiguous", "channels-last"])
+@pytest.mark.parametrize(
+    ("size", "kernel", "padding", "stride"),
+    [(3, 4, 1, 2), (4, 4, 0, 1), (2, 4, 1, 2), (3, 3, 0, 1), (5, 4, 1, 2), (4, 4, 1, 1)],
+    ids=["D-head", "exact", "smaller", "3x3", "2x2-out", "3x3-out"],  # the last two: GemmWeightGradConv2d's path
+)
+def test_matmul_form_of_a_convolution_to_one_position(channels_last, size, kernel, padding, stride):
+    layer = nn.Conv2d(112, 1, kernel, stride, padding, bias=False).double()
+    if channels_last:
+        layer = layer.to(memory_format=torch.channels_last)
+    reference = copy.deepcopy(layer)
+    assert use_cpu_kernels(layer) == {"": "MatmulConv2d"}
+    x = torch.randn(7, 112, size, size, dtype=torch.float64, requires_grad=True)
+    out, expected = layer(x), reference(x)
+    one_position = expected.shape[-2:] == (1, 1)
+    assert (out.grad_fn.name() != "ConvolutionBackward0") == one_position
+    assert out.shape == expected.shape
+    torch.testing.assert_close(out, expected, rtol=1e-12, atol=1e-12)
+    grad = torch.randn_like(out)
+    ours = torch.autograd.grad(out, (x, layer.weight), grad)
+    theirs = torch.autograd.grad(expected, (x, reference.weight), grad)
+    for a, b in zip(ours, theirs, strict=True):
+        assert a.shape == b.shape
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("inner", [4096, 6272, 4095, 1152])  # split in two, split, odd, short
+def test_split_product_equals_the_product(inner):
+    generator = torch.Generator().manual_seed(0)
+    a = torch.randn(inner, 56, dtype=torch.float64, generator=generator).t()  # a transposed view, as in the kernels
+    b = torch.randn(inner, 448, dtype=torch.float64, generator=generator)
+    torch.testing.assert_close(_product(a, b), a @ b, rtol=1e-12, atol=1e-12)
+    low = _product(a.bfloat16(), b.bfloat16())
+    assert low.dtype == torch.bfloat16
+    exact = a @ b
+    assert ((low.double() - exact).abs().max() / exact.abs().max()).item() < 1e-2
+
+
+def test_gemm_weight_gradient_of_a_full_batch_uses_the_split_product():
+    """D's second layer at the chapter's batch: 6,272 output pixels, so the weight gradient's product is split."""
+    layer_args = (False, 28, 56, 4, 2, 1, 14)
+    x, weight = _tensors(layer_args, channels_last=True)
+    x = torch.randn(128, 28, 14, 14, dtype=torch.float64).contiguous(memory_format=torch.channels_last)
+    x.requires_grad_()
+    expected_out = F.conv2d(x, weight, stride=2, padding=1)
+    grad = torch.randn_like(expected_out)
+    expected_dw = torch.autograd.grad(expected_out, weight, grad)[0]
+    out = _ConvWithGemmWeightGrad.apply(x, weight, (2, 2), (1, 1), False)
+    torch.testing.assert_close(torch.autograd.grad(out, weight, grad)[0], expected_dw, rtol=1e-12, atol=1e-12)
+
+
+def _batchnorm_pair(channels):
+    torch.manual_seed(0)
+    plain = nn.BatchNorm2d(channels)
+    nn.init.normal_(plain.weight, 1.0, 0.3)
+    nn.init.normal_(plain.bias, 0.0, 0.3)
+    fast = copy.deepcopy(plain)
+    assert use_cpu_kernels(fast) == {"": "ChannelsFirstBatchNorm2d"}
+    return plain, fast
+
+
+def test_channels_first_batchnorm_is_pytorchs_batchnorm_on_a_planar_copy():
+    plain, fast = _batchnorm_pair(28)
+    x = (torch.randn(16, 28, 14, 14) * 2 + 0.5).bfloat16().contiguous(memory_format=torch.channels_last)
+    grad = torch.randn_like(x)
+    results = []
+    for layer, memory_format in ((fast, torch.channels_last), (plain, torch.contiguous_format)):
+        # the same arithmetic as PyTorch's on channels-first copies of the input and the gradient
+        data = x.contiguous(memory_format=memory_format).requires_grad_()
+        out = layer(data)
+        upstream = grad.contiguous(memory_format=memory_format)
+        results.append((out, *torch.autograd.grad(out, (data, layer.weight, layer.bias), upstream)))
+    (out, dx, dw, db), (ref_out, ref_dx, ref_dw, ref_db) = results
+    assert out.is_contiguous(memory_format=torch.channels_last) and not out.is_contiguous()
+    assert dx.is_contiguous(memory_format=torch.channels_last) and not dx.is_contiguous()
+    assert torch.equal(out, ref_out) and torch.equal(dx, ref_dx)
+    assert torch.equal(dw, ref_dw) and torch.equal(db, ref_db)
+    for key, value in plain.state_dict().items():  # running statistics and the batch count
+        assert torch.equal(fast.state_dict()[key], value), key
+    # and it agrees with the channels-last kernel to bf16 rounding
+    data = x.detach().requires_grad_()
+    channels_last_out = nn.BatchNorm2d.forward(copy.deepcopy(plain), data)
+    torch.testing.assert_close(out.float(), channels_last_out.float(), rtol=2e-2, atol=2e-2)
+
+
+def test_channels_first_batchnorm_steps_aside_elsewhere():
+    _, fast = _batchnorm_pair(28)
+    x = torch.randn(4, 28, 6, 6).contiguous(memory_format=torch.channels_last)
+    assert fast(x).grad_fn.name() == "NativeBatchNormBackward0"  # float32: the channels-last kernel is fine there
+    assert fast(x.bfloat16()).grad_fn.name() == "_ToLayoutBackward"
+    assert fast(x.bfloat16().contiguous()).grad_fn.name() == "NativeBatchNormBackward0"  # already channels-first
+    fast.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(fast(x), nn.BatchNorm2d.forward(fast, x))
+
+
 def test_which_layers_switch_and_state_is_unchanged():
     generator, discriminator = Generator(), Discriminator()
     before = {k: v.clone() for k, v in {**generator.state_dict(), **discriminator.state_dict()}.items()}
@@ -115,13 +212,14 @@ def test_which_layers_switch_and_state_is_unchanged():
         "main.0": "MatmulConvTranspose2d",
         "main.3": "GemmWeightGradConvTranspose2d",
         "main.6": "GemmWeightGradConvTranspose2d",
+        "main.7": "ChannelsFirstBatchNorm2d",  # 28 channels; the 112- and 56-channel layers stay
         "main.9": "SubpixelConvTranspose2d",
     }
     assert use_cpu_kernels(discriminator) == {
         "main.0": "SubpixelGradConv2d",
         "main.2": "GemmWeightGradConv2d",
         "main.5": "GemmWeightGradConv2d",
-        "main.8": "GemmWeightGradConv2d",
+        "main.8": "MatmulConv2d",
     }
     after = {**generator.state_dict(), **discriminator.state_dict()}
     assert after.keys() == before.keys() and all(torch.equal(after[k], before[k]) for k in before)
@@ -133,6 +231,9 @@ def test_which_layers_switch_and_state_is_unchanged():
         nn.Conv2d(2, 28, 4, 2, 1, bias=False),  # too few channels to unfold, not a single one
         nn.Conv2d(1, 28, 3, 1, 1, bias=False),  # a single channel, but not stride 2 with a 4x4 kernel
         nn.Conv2d(28, 56, 4, 2, 1, padding_mode="reflect", bias=False),  # not zero padding
+        nn.BatchNorm2d(32),  # a multiple of 16 channels: the channels-last kernel is fast
+        nn.BatchNorm2d(40),  # 32 channels or more: cheaper than the two layout copies
+        nn.SyncBatchNorm(28),  # not a plain BatchNorm2d
     )
     assert use_cpu_kernels(others) == {}
 

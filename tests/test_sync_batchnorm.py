@@ -11,6 +11,7 @@ import torch.multiprocessing as mp
 from conftest import free_port
 from torch import nn
 
+from gan.cpu_kernels import use_cpu_kernels
 from gan.models import Generator
 from gan.sync_batchnorm import CPUSyncBatchNorm, convert_sync_batchnorm
 
@@ -113,8 +114,10 @@ def test_single_process_falls_back_to_plain_batchnorm():
 
 def test_conversion_keeps_plain_state_dict_keys():
     plain = Generator()
-    converted = convert_sync_batchnorm(Generator(), torch.device("cpu"))
-    assert sum(isinstance(m, CPUSyncBatchNorm) for m in converted.modules()) == 3
-    assert not any(type(m) is nn.BatchNorm2d for m in converted.modules())
+    fast = Generator()
+    assert "main.7" in use_cpu_kernels(fast)  # a BatchNorm2d subclass: converted like the plain layers
+    converted = convert_sync_batchnorm(fast, torch.device("cpu"))
+    assert sum(type(m) is CPUSyncBatchNorm for m in converted.modules()) == 3
+    assert not any(isinstance(m, nn.BatchNorm2d) and type(m) is not CPUSyncBatchNorm for m in converted.modules())
     assert list(converted.state_dict()) == list(plain.state_dict())
     Generator().load_state_dict(converted.state_dict())  # loads into the plain model

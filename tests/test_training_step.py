@@ -53,7 +53,7 @@ def test_train_step_matches_the_chapter_step(accelerator, channels_last, cpu_ker
         discriminator.to(memory_format=torch.channels_last)
         assert generator.main[3].weight.is_contiguous(memory_format=torch.channels_last)
     if cpu_kernels:
-        assert len(use_cpu_kernels(generator)) == len(use_cpu_kernels(discriminator)) == 4
+        assert (len(use_cpu_kernels(generator)), len(use_cpu_kernels(discriminator))) == (5, 4)
     gan = GAN(generator, discriminator, _sgd(generator), _sgd(discriminator))
     ref_opts = _sgd(reference[0]), _sgd(reference[1])
     for _ in range(3):
