@@ -78,7 +78,8 @@ class TrainConfig:
     )
     cpu_kernels: bool | None = field(
         default=None,
-        metadata=_flag("use the project's faster CPU kernels for the small convolutions (gan/cpu_kernels.py): the "
+        metadata=_flag("use the project's faster CPU kernels for the small convolutions and "
+                       "narrow BatchNorm layers (gan/cpu_kernels.py): the "
                        "same model and gradients, computed differently (default: on when training on CPU)",
                        action=argparse.BooleanOptionalAction),
     )
