@@ -74,20 +74,29 @@ def test_subpixel_form_equals_transposed_convolution(padding, size):
     torch.testing.assert_close(subpixel_conv_transpose(x, weight, padding), expected, rtol=1e-12, atol=1e-12)
 
 
+def _against_pytorch(layer, reference, x):
+    """The kernel ``layer`` and PyTorch's ``reference`` on float64 ``x``: outputs and input and weight gradients
+    agree to rounding. Returns both outputs for further checks."""
+    out, expected = layer(x), reference(x)
+    assert out.shape == expected.shape
+    torch.testing.assert_close(out, expected, rtol=1e-12, atol=1e-12)
+    grad = torch.randn_like(out)
+    ours = torch.autograd.grad(out, (x, layer.weight), grad)
+    theirs = torch.autograd.grad(expected, (x, reference.weight), grad)
+    for a, b in zip(ours, theirs, strict=True):
+        assert a.shape == b.shape
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+    return out, expected
+
+
 @pytest.mark.parametrize("size", [28, 27])  # 27: the input gradient is one larger than the default transposed size
 def test_subpixel_input_gradient_of_a_one_channel_convolution(size):
     layer = nn.Conv2d(1, 28, 4, 2, 1, bias=False).double()
     reference = copy.deepcopy(layer)
     assert use_cpu_kernels(layer) == {"": "SubpixelGradConv2d"}
     x = torch.randn(5, 1, size, size, dtype=torch.float64, requires_grad=True)
-    out, expected = layer(x), reference(x)
-    grad = torch.randn_like(out)
-    ours = torch.autograd.grad(out, (x, layer.weight), grad)
-    theirs = torch.autograd.grad(expected, (x, reference.weight), grad)
+    out, expected = _against_pytorch(layer, reference, x)
     assert torch.equal(out, expected)
-    for a, b in zip(ours, theirs, strict=True):
-        assert a.shape == b.shape
-        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
 
 
 @pytest.mark.parametrize("channels_last", [False, True], ids=["contiguous", "channels-last"])
@@ -99,14 +108,7 @@ def test_matmul_form_of_a_transposed_convolution(channels_last, size):
     reference = copy.deepcopy(layer)
     assert use_cpu_kernels(layer) == {"": "MatmulConvTranspose2d"}
     x = torch.randn(7, 100, size, size, dtype=torch.float64, requires_grad=True)
-    out, expected = layer(x), reference(x)
-    assert out.shape == expected.shape
-    torch.testing.assert_close(out, expected, rtol=1e-12, atol=1e-12)
-    grad = torch.randn_like(out)
-    ours = torch.autograd.grad(out, (x, layer.weight), grad)
-    theirs = torch.autograd.grad(expected, (x, reference.weight), grad)
-    for a, b in zip(ours, theirs, strict=True):
-        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+    _against_pytorch(layer, reference, x)
 
 
 @pytest.mark.parametrize("channels_last", [False, True], ids=["contiguous", "channels-last"])
@@ -122,17 +124,9 @@ def test_matmul_form_of_a_convolution_to_one_position(channels_last, size, kerne
     reference = copy.deepcopy(layer)
     assert use_cpu_kernels(layer) == {"": "MatmulConv2d"}
     x = torch.randn(7, 112, size, size, dtype=torch.float64, requires_grad=True)
-    out, expected = layer(x), reference(x)
+    out, expected = _against_pytorch(layer, reference, x)
     one_position = expected.shape[-2:] == (1, 1)
     assert (out.grad_fn.name() != "ConvolutionBackward0") == one_position
-    assert out.shape == expected.shape
-    torch.testing.assert_close(out, expected, rtol=1e-12, atol=1e-12)
-    grad = torch.randn_like(out)
-    ours = torch.autograd.grad(out, (x, layer.weight), grad)
-    theirs = torch.autograd.grad(expected, (x, reference.weight), grad)
-    for a, b in zip(ours, theirs, strict=True):
-        assert a.shape == b.shape
-        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
 
 
 @pytest.mark.parametrize("inner", [4096, 6272, 4095, 1152])  # split in two, split, odd, short
@@ -150,7 +144,7 @@ def test_split_product_equals_the_product(inner):
 def test_gemm_weight_gradient_of_a_full_batch_uses_the_split_product():
     """D's second layer at the chapter's batch: 6,272 output pixels, so the weight gradient's product is split."""
     layer_args = (False, 28, 56, 4, 2, 1, 14)
-    x, weight = _tensors(layer_args, channels_last=True)
+    _, weight = _tensors(layer_args, channels_last=True)
     x = torch.randn(128, 28, 14, 14, dtype=torch.float64).contiguous(memory_format=torch.channels_last)
     x.requires_grad_()
     expected_out = F.conv2d(x, weight, stride=2, padding=1)
