@@ -10,9 +10,9 @@ from __future__ import annotations
 import sys
 
 from gan.checkpointing import CheckpointError
-from gan.config import parse_config
+from gan.config import SetupError, parse_config
 from gan.data import DataError
-from gan.trainer import NonFiniteLossError, PreemptedError, SetupError, train
+from gan.trainer import NonFiniteLossError, PreemptedError, train
 
 # What each expected failure prints (after "train_ddp.py: ") and its exit status; anything else is a bug: traceback.
 FAILURES = (

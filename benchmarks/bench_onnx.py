@@ -6,8 +6,8 @@ RUN_DIR defaults to the newest run under runs/; with none there, an untrained ge
 not depend on the weights' values). The generator is exported to a temporary file exactly as ``export.py`` does.
 Calls are timed one by one, the engines interleaved in rounds so that load from other processes hits all of them
 alike; the tables show medians. The first compares eager PyTorch at its default thread count with onnxruntime as
-``gan.inference`` configures it; the second adds PyTorch with one thread and onnxruntime's thread settings (the
-measurement behind ``gan.inference.DEFAULT_INTRA_OP_THREADS``).
+``gan.onnx_generator`` configures it; the second adds PyTorch with one thread and onnxruntime's thread settings (the
+measurement behind ``gan.onnx_generator.DEFAULT_INTRA_OP_THREADS``).
 """
 
 from __future__ import annotations
@@ -30,8 +30,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script 
 
 from gan.artifacts import ArtifactError, load_generator  # noqa: E402
 from gan.export import ExportError, export_onnx, newest_run  # noqa: E402
-from gan.inference import DEFAULT_INTRA_OP_THREADS, INPUT_NAME, OUTPUT_NAME, session_options  # noqa: E402
 from gan.models import Generator  # noqa: E402
+from gan.onnx_generator import DEFAULT_INTRA_OP_THREADS, INPUT_NAME, OUTPUT_NAME, session_options  # noqa: E402
 
 BATCHES = (1, 64)
 WARMUP = 20

@@ -88,6 +88,16 @@ def project_run(data_dir: str, warmup: int, steps: int, flags: list[str]) -> flo
     return steps * 128 / seconds
 
 
+def cpu_line() -> str:
+    """The CPU a figure holds for: model, PyTorch's kernel capability, the vector flags that matter here."""
+    from gan.devices import cpu_description, cpu_flags
+
+    described = cpu_description()
+    flags = sorted((cpu_flags() or set()) & {"avx2", "avx512f", "avx512_bf16", "amx_bf16"})
+    return (f"CPU {described['model']}, {torch.get_num_threads()} threads, capability {described['capability']}, "
+            f"flags {' '.join(flags) or 'unknown'}")
+
+
 def describe(variant: str) -> str:
     flags = VARIANTS[variant]
     return DESCRIPTIONS.get(variant) or "train_ddp.py " + " ".join(flags)
@@ -127,7 +137,7 @@ def main() -> None:
             else:
                 speed = project_run(args.data_dir, args.warmup, args.steps, flags)
             speeds[variant].append(speed)
-    device = torch.cuda.get_device_name() if torch.cuda.is_available() else f"CPU, {torch.get_num_threads()} threads"
+    device = torch.cuda.get_device_name() if torch.cuda.is_available() else cpu_line()
     print(f"device: {device}; torch {torch.__version__}; {args.steps} timed steps of batch 128 after "
           f"{args.warmup} warm-up; best of {args.repeats} interleaved repeats, and the range of the per-repeat "
           f"ratios (each repeat's run against the same repeat's literal port)")

@@ -11,7 +11,7 @@
 
 At the chapter's budget (5 epochs, batch 128) on the 10,000 images of the KMNIST test split, each variant is
 trained once per seed, then its final generator is evaluated on 10,000 samples against all 10,000 real test
-images with gan.evaluation's KMNIST-classifier metrics (FID, KID, coverage, ...). Prints a markdown table of the
+images with gan.metrics' KMNIST-classifier metrics (FID, KID, coverage, ...). Prints a markdown table of the
 means (FID also with its standard deviation over seeds and its ratio to the literal port's), the per-seed FIDs,
 the FID differences to ``defaults`` paired by seed, and whether the issue's target is met.
 
@@ -236,7 +236,7 @@ def broken_reasons(images: torch.Tensor, metrics: dict[str, float]) -> list[str]
 
 
 def evaluate_run(evaluator, variant: str, seed: int, args: argparse.Namespace) -> dict:
-    from gan.evaluation import generate, torch_sampler
+    from gan.samplers import generate, torch_sampler
 
     run_dir, weights_file = run_dir_of(variant, seed, args.work_dir)
     start = time.perf_counter()
@@ -368,7 +368,7 @@ def main() -> None:
         log("trained-weights reuses the defaults runs: training those too")
     args.work_dir.mkdir(parents=True, exist_ok=True)
 
-    from gan.evaluation import Evaluator
+    from gan.metrics import Evaluator
 
     evaluator = Evaluator(args.data_dir, "test", "cpu", seed=args.eval_seed)
     floor = evaluator.real_floor()

@@ -13,10 +13,12 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from gan.atomic_write import atomic_path
 from gan.models import Generator
 
 CONFIG_FILE = "config.json"
 GENERATOR_FILE = "generator.safetensors"
+TRAINED_GENERATOR_FILE = "generator_trained.safetensors"  # the raw trained weights, when the EMA ones are the main
 
 
 class ArtifactError(RuntimeError):
@@ -36,11 +38,6 @@ def versions() -> dict[str, str]:
     }
 
 
-def write_json_atomic(path: str | os.PathLike, payload: dict[str, Any]) -> None:
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(payload, indent=2, sort_keys=False) + "\n")
-    os.replace(tmp, path)
 
 
 def plain_state_dict(generator: nn.Module) -> dict[str, torch.Tensor]:
@@ -58,10 +55,19 @@ def plain_state_dict(generator: nn.Module) -> dict[str, torch.Tensor]:
 
 
 def save_generator(generator: nn.Module, path: str | os.PathLike, metadata: dict[str, str] | None = None) -> None:
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    save_file(plain_state_dict(generator), str(tmp), metadata=metadata)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        save_file(plain_state_dict(generator), str(tmp), metadata=metadata)
+
+
+def save_final_generators(run_dir: Path, trained: nn.Module, ema: nn.Module | None, step: int) -> str:
+    """``generator.safetensors`` (the EMA weights when there are some, else the trained ones) and, with EMA,
+    ``generator_trained.safetensors``; returns which weights the main file holds ("ema" or "trained")."""
+    which = "ema" if ema is not None else "trained"
+    metadata = {"run_name": run_dir.name, "step": str(step), "weights": which}
+    save_generator(ema if ema is not None else trained, run_dir / GENERATOR_FILE, metadata)
+    if ema is not None:
+        save_generator(trained, run_dir / TRAINED_GENERATOR_FILE, {**metadata, "weights": "trained"})
+    return which
 
 
 def read_config(run_dir: str | os.PathLike) -> dict[str, Any]:

@@ -1,4 +1,5 @@
-"""Checkpoints: accelerate's ``save_state`` plus the trainer's own state, written atomically, loaded safely.
+"""Checkpoints and resuming: accelerate's ``save_state`` plus the trainer's own state, written atomically, loaded
+safely; which checkpoint ``--resume`` means, and which settings a resumed run takes from the run.
 
 A checkpoint is ``<run>/checkpoints/step_<N>/``: accelerate's files (models as safetensors, optimizers, scaler, one
 RNG file per process) and the trainer's ``trainer_state.json`` (counters, metric history, W&B run id) and
@@ -9,23 +10,44 @@ arbitrary objects: accelerate loads with ``weights_only=True`` and the trainer's
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import pickle
 import re
 import shutil
+import sys
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import torch
 from accelerate import Accelerator
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+from gan.artifacts import read_config
+from gan.config import SetupError, TrainConfig
+
 CHECKPOINTS = "checkpoints"
 STATE_JSON = "trainer_state.json"
 STATE_TENSORS = "trainer_state.safetensors"
 _NAME = re.compile(r"^step_(\d+)$")
+# Settings a resumed run takes from its config.json: changing them would not continue the same run.
+RESUME_FIXED = ("data_dir", "split", "batch_size", "real_label", "lr", "beta1", "beta2", "latent_dim", "base_width",
+                "seed", "dtype", "ema_decay", "sample_every", "mixed_precision", "sync_bn", "run_name", "output_dir")
+
+
+@dataclass
+class TrainerState:
+    """The trainer's own counters and records: checkpointed, restored exactly on resume."""
+
+    step: int = 0
+    epoch: int = 0
+    batch_in_epoch: int = 0
+    skipped_steps: int = 0
+    wandb_run_id: str | None = None
+    history: list[dict[str, float]] = field(default_factory=list)
+    grid_steps: list[int] = field(default_factory=list)
 
 
 class CheckpointError(RuntimeError):
@@ -45,12 +67,12 @@ def checkpoint_dirs(run_dir: str | os.PathLike) -> list[Path]:
     return [p for _, p in sorted(found)]
 
 
-def save_checkpoint(accelerator: Accelerator, run_dir: Path, step: int, state: dict[str, Any],
-                    tensors: dict[str, torch.Tensor], keep: int) -> Path:
+def save_checkpoint(accelerator: Accelerator, run_dir: Path, state: TrainerState, tensors: dict[str, torch.Tensor],
+                    keep: int) -> Path:
     """Write ``step_<step>`` atomically on all processes together; keep the newest ``keep`` checkpoints."""
     folder = run_dir / CHECKPOINTS
-    final = folder / f"step_{step}"
-    partial = folder / f".step_{step}.partial"
+    final = folder / f"step_{state.step}"
+    partial = folder / f".step_{state.step}.partial"
     if accelerator.is_main_process:
         if partial.exists():
             shutil.rmtree(partial)  # left by a crash
@@ -60,7 +82,7 @@ def save_checkpoint(accelerator: Accelerator, run_dir: Path, step: int, state: d
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, str(partial / STATE_TENSORS))
-        (partial / STATE_JSON).write_text(json.dumps(state))
+        (partial / STATE_JSON).write_text(json.dumps(dataclasses.asdict(state)))
         if final.exists():
             shutil.rmtree(final)
         os.replace(partial, final)
@@ -70,11 +92,11 @@ def save_checkpoint(accelerator: Accelerator, run_dir: Path, step: int, state: d
     return final
 
 
-def load_checkpoint(accelerator: Accelerator, path: Path) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+def load_checkpoint(accelerator: Accelerator, path: Path) -> tuple[TrainerState, dict[str, torch.Tensor]]:
     """Restore models, optimizers, scaler and RNG from ``path``; return the trainer's state and tensors."""
     try:
-        state = json.loads((path / STATE_JSON).read_text())
-    except (OSError, ValueError) as error:
+        state = TrainerState(**json.loads((path / STATE_JSON).read_text()))
+    except (OSError, ValueError, TypeError) as error:
         raise CheckpointError(f"{path / STATE_JSON} is missing or not valid JSON ({error})") from None
     try:
         tensors = load_file(str(path / STATE_TENSORS))
@@ -93,3 +115,50 @@ def load_checkpoint(accelerator: Accelerator, path: Path) -> tuple[dict[str, Any
     except Exception as error:  # truncated zip, bad safetensors header, shape mismatch ...
         raise CheckpointError(f"{path} could not be read ({type(error).__name__}: {error})") from None
     return state, tensors
+
+
+def find_resume_checkpoint(config: TrainConfig) -> Path | None:
+    """The run or checkpoint folder ``--resume`` names (None: start fresh); SetupError when there is none."""
+    if config.resume is None:
+        return None
+    if config.resume in ("latest", "auto"):
+        output = Path(config.output_dir)
+        if config.run_name:
+            runs = [output / config.run_name]
+        else:
+            runs = sorted((p for p in output.glob("*") if checkpoint_dirs(p)), key=lambda p: p.stat().st_mtime)[-1:]
+        if runs and checkpoint_dirs(runs[0]):
+            return runs[0]
+        if config.resume == "auto":
+            return None
+        where = output / config.run_name if config.run_name else output
+        raise SetupError(f"  - --resume latest: no checkpoint under {where}; start a new run without --resume")
+    path = Path(config.resume)
+    if path.is_dir() and (checkpoint_dirs(path) or (path.parent.name == CHECKPOINTS)):
+        return path
+    raise SetupError(f"  - --resume {config.resume}: not a run folder with checkpoints nor a checkpoint folder")
+
+
+def resumed_config(config: TrainConfig, target: Path) -> TrainConfig:
+    """The run's saved settings for everything that defines it; this launch's for the rest (epochs, ...)."""
+    run_dir = target.parent.parent if target.parent.name == CHECKPOINTS else target
+    saved = read_config(run_dir)
+    values = {name: saved[name] for name in RESUME_FIXED if name in saved}
+    values.update(run_name=run_dir.name, output_dir=str(run_dir.parent))
+    return dataclasses.replace(config, **values)
+
+
+def restore(accelerator: Accelerator, target: Path) -> tuple[Path, TrainerState, dict[str, torch.Tensor]]:
+    """Load the checkpoint ``target`` names (a checkpoint, or a run's newest good one, falling back past damage)."""
+    candidates = [target] if target.parent.name == CHECKPOINTS else list(reversed(checkpoint_dirs(target)))
+    for index, candidate in enumerate(candidates):
+        try:
+            state, tensors = load_checkpoint(accelerator, candidate)
+            return candidate, state, tensors
+        except UnsafeCheckpointError:
+            raise
+        except CheckpointError as error:
+            if accelerator.is_main_process:
+                later = " ; trying the previous one" if index + 1 < len(candidates) else ""
+                print(f"warning: checkpoint {candidate} is damaged: {error}{later}", file=sys.stderr, flush=True)
+    raise CheckpointError(f"no readable checkpoint in {target}")

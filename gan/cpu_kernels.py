@@ -1,7 +1,12 @@
-"""CPU speed-ups for training that leave the model's arithmetic alone (benchmarks/bench_train.py measures them).
+"""CPU speed-ups for training that leave the model's arithmetic alone, all behind ``--cpu-kernels``.
+
+``enable_cpu_kernels`` is the one entry point and does everything below; nothing here runs when the switch is
+off. Measured (benchmarks/bench_train.py, docs/training-speed.md) on 2-core machines: an AMD EPYC with AVX-512
+BF16, an Intel Xeon with AMX and AVX-512 BF16, and an AMD EPYC with AVX2 only; faster on each in fp32, and in
+bf16 where the CPU has native bf16.
 
 - ``keep_freed_memory``: glibc hands large freed blocks back to the kernel, so every step page-faults its fresh
-  activations in again (about 1,500 faults per step here). Keeping them in the heap removes that work.
+  activations in again. Keeping them in the heap removes that work.
 - ``use_cpu_kernels`` swaps convolution layers for subclasses with the same parameters whose CPU path is faster:
   - under bf16, oneDNN's weight-gradient kernels for these small convolutions run at a fraction of its forward
     speed. The weight gradient is one matrix product of the output gradient with the unfolded (im2col) input,
@@ -79,8 +84,8 @@ def _pixels(tensor: torch.Tensor) -> torch.Tensor:
 def _product(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """``a @ b``; with a long inner dimension, as two half-length products (one batched call) summed in fp32.
 
-    oneDNN spreads a product with a small output (e.g. 56 x 448) and a long inner dimension (6,272) over two threads
-    at 1.6x one thread's speed; the batched halves run at 1.9x (0.86 against 0.98 ms for D's second layer). In bf16
+    oneDNN spreads a product with a small output (e.g. 56 x 448) and a long inner dimension (6,272) over the threads
+    poorly; two batched halves keep both threads busy (docs/training-speed.md). In bf16
     each half is rounded before their fp32 sum: one rounding more than the single product, well inside bf16's
     precision (tests/test_cpu_kernels.py bounds it against float64).
     """
@@ -291,8 +296,9 @@ class _ToLayout(torch.autograd.Function):
 class ChannelsFirstBatchNorm2d(nn.BatchNorm2d):
     """nn.BatchNorm2d that, training under bf16 on a channels-last CPU tensor, normalizes a channels-first copy.
 
-    Measured on 2 cores, (128, 28, 14, 14), forward and backward: 1.8 ms channels-last, 1.2 ms with both copies.
-    The arithmetic is PyTorch's BatchNorm either way; input, output and gradients keep the caller's layout.
+    PyTorch's channels-last kernel handles the channels past a multiple of 16 one at a time, so for such layers the
+    two copies cost less than they save (docs/training-speed.md). The arithmetic is PyTorch's BatchNorm either way;
+    input, output and gradients keep the caller's layout.
     """
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -348,3 +354,10 @@ def use_cpu_kernels(module: nn.Module) -> dict[str, str]:
             layer.__class__ = kernel
             switched[name] = kernel.__name__
     return switched
+
+
+def enable_cpu_kernels(*modules: nn.Module) -> None:
+    """Turn on everything this module does: the faster layers in ``modules`` and the heap setting (process-wide)."""
+    keep_freed_memory()
+    for module in modules:
+        use_cpu_kernels(module)

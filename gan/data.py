@@ -33,6 +33,33 @@ class DataError(RuntimeError):
     """A data file is missing, corrupt or of the wrong kind; the message says which and what to do."""
 
 
+class MissingDataError(DataError):
+    """A file of ``split`` is absent and downloads are off.
+
+    The message advises the trainer's flags; a command with other flags words its own with :meth:`advise`.
+    """
+
+    def __init__(self, path: Path, split: str):
+        self.path, self.split = path, split
+        super().__init__(
+            self.advise(
+                "downloads are off (--no-download)",
+                "point --data-dir at the folder that holds KMNIST/raw/, drop --no-download to fetch them, or choose "
+                "a split whose files you have (e.g. --split test)",
+            )
+        )
+
+    def __reduce__(self):  # picklable (a message crossing processes), although __init__ takes (path, split)
+        return type(self), (self.path, self.split)
+
+    def advise(self, why: str, remedies: str) -> str:
+        """'PATH is missing and WHY. The split needs ... in FOLDER. Put the files there, REMEDIES.'"""
+        return (
+            f"{self.path} is missing and {why}. The '{self.split}' split needs {', '.join(split_files(self.split))} "
+            f"in {self.path.parent}. Put the files there, {remedies}."
+        )
+
+
 @dataclass(frozen=True)
 class KMNISTData:
     """One split held in memory: ``images`` uint8 [N, 28, 28], ``labels`` int64 [N]."""
@@ -77,8 +104,8 @@ def ensure_files(
     """Check (and, if allowed, download) the files of ``split``; return their paths.
 
     ``verify=False`` skips the MD5 check (for IDX files of your own in the same layout). Raises :class:`DataError`
-    naming the file and what to do when a file is missing with downloads off, cannot be downloaded, or does not
-    match the official MD5.
+    naming the file and what to do when a file is missing with downloads off (:class:`MissingDataError`), cannot
+    be downloaded, or does not match the official MD5.
     """
     folder = raw_folder(data_dir)
     paths = []
@@ -86,12 +113,7 @@ def ensure_files(
         path = folder / name
         if not path.exists():
             if not download:
-                raise DataError(
-                    f"{path} is missing and downloads are off (--no-download). The '{split}' split needs "
-                    f"{', '.join(split_files(split))} in {folder}. Put the files there, point --data-dir at the "
-                    f"folder that holds KMNIST/raw/, drop --no-download to fetch them, or choose a split whose "
-                    f"files you have (e.g. --split test)."
-                )
+                raise MissingDataError(path, split)
             _download(path)
         actual = calculate_md5(str(path)) if verify else MD5[name]
         if actual != MD5[name]:

@@ -26,7 +26,7 @@ class GeneratorEMA:
         dtype = next(generator.parameters()).dtype  # fp64 runs (--dtype float64) average in fp64
         self.model.to(device, dtype).eval().requires_grad_(False)
         if any(p.dim() == 4 and not p.is_contiguous() for p in generator.parameters()):
-            self.model.to(memory_format=torch.channels_last)  # the trained weights' layout: a 7x faster update
+            self.model.to(memory_format=torch.channels_last)  # the trained weights' layout: no copies in the update
         averages = self.model.state_dict()
         self._floats = [name for name, value in averages.items() if value.is_floating_point()]
         self._others = [name for name, value in averages.items() if not value.is_floating_point()]
@@ -41,3 +41,13 @@ class GeneratorEMA:
         torch._foreach_lerp_(targets, values, 1 - decay)
         for name in self._others:
             averages[name].copy_(current[name])
+
+    def tensors(self) -> dict[str, torch.Tensor]:
+        """The average and its update count, for a checkpoint."""
+        averages = {f"ema.{name}": value for name, value in self.model.state_dict().items()}
+        return {**averages, "ema.updates": torch.tensor(self.updates)}
+
+    def load_tensors(self, tensors: dict[str, torch.Tensor]) -> None:
+        """Restore what :meth:`tensors` returned."""
+        self.model.load_state_dict({k[4:]: v for k, v in tensors.items() if k.startswith("ema.main")})
+        self.updates = int(tensors["ema.updates"])

@@ -9,7 +9,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from gan.inference import ModelError, OnnxGenerator, image_grid
+from gan.cli import at_least_one, exit_with_problems
+from gan.onnx_generator import ModelError, OnnxGenerator
+from gan.pictures import tile
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -31,10 +33,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    if args.n < 1:
-        parser.error(f"--n must be at least 1, got {args.n}")
-    if args.columns is not None and args.columns < 1:
-        parser.error(f"--columns must be at least 1, got {args.columns}")
+    counts = {"n": args.n} if args.columns is None else {"n": args.n, "columns": args.columns}
+    exit_with_problems(parser, at_least_one(counts))
     try:
         generator = OnnxGenerator(args.model, intra_op_threads=args.threads)
     except ModelError as error:
@@ -42,7 +42,7 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     images = generator.generate(args.n, seed=args.seed)  # uint8 [n, 28, 28]
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(image_grid(images, args.columns)).save(args.out)
+    Image.fromarray(tile(images, args.columns, fill=0)).save(args.out)
     print(f"wrote {args.n} images ({args.model}, seed {args.seed}) to {args.out}")
     if args.npy is not None:
         args.npy.parent.mkdir(parents=True, exist_ok=True)

@@ -1,15 +1,15 @@
-"""The chapter's pictures and the metrics table, written into the run folder."""
+"""Image grids, and the chapter's pictures and the metrics table written into the run folder.
+
+numpy only at import (``python -m gan.generate`` tiles images without torch or matplotlib); matplotlib is loaded
+when a figure is drawn.
+"""
 
 from __future__ import annotations
 
 import csv
 from pathlib import Path
 
-import matplotlib
-
-matplotlib.use("Agg")  # files only, never a window
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
+import numpy as np
 
 REAL_SAMPLES = "real_samples.png"
 SAMPLES_OVER_TIME = "samples_over_time.png"
@@ -18,12 +18,18 @@ LOSSES = "losses.png"
 METRICS_CSV = "metrics.csv"
 
 
-def tile(images: np.ndarray, columns: int | None = None, pad: int = 2) -> np.ndarray:
-    """uint8 [N, H, W] -> one uint8 image with the N images on a grid (white separators)."""
+def tile(images: np.ndarray, columns: int | None = None, pad: int = 2, fill: int = 255) -> np.ndarray:
+    """uint8 [N, H, W] -> one uint8 image with the N images on a grid, ``columns`` per row (default: near-square),
+    ``pad`` pixels of ``fill`` between and around them.
+
+    numpy, not torchvision's ``make_grid``: apps that generate with onnxruntime have no torch.
+    """
+    if images.ndim != 3:
+        raise ValueError(f"expected images [N, H, W], got shape {list(images.shape)}")
     count, height, width = images.shape
     columns = columns or int(np.ceil(np.sqrt(count)))
     rows = int(np.ceil(count / columns))
-    canvas = np.full((rows * (height + pad) + pad, columns * (width + pad) + pad), 255, dtype=np.uint8)
+    canvas = np.full((rows * (height + pad) + pad, columns * (width + pad) + pad), fill, dtype=np.uint8)
     for index, image in enumerate(images):
         r, c = divmod(index, columns)
         top, left = pad + r * (height + pad), pad + c * (width + pad)
@@ -31,7 +37,17 @@ def tile(images: np.ndarray, columns: int | None = None, pad: int = 2) -> np.nda
     return canvas
 
 
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only, never a window
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
 def _save_image(path: Path, image: np.ndarray, title: str) -> None:
+    plt = _pyplot()
     figure, axis = plt.subplots(figsize=(6, 6.4), dpi=100)
     axis.imshow(image, cmap="gray", vmin=0, vmax=255, interpolation="nearest")
     axis.set_title(title)
@@ -57,6 +73,7 @@ def evenly_spaced(items: list, count: int) -> list:
 
 def save_samples_over_time(path: Path, grids: list[tuple[int, np.ndarray]], panels: int = 16) -> None:
     """16 fixed-noise grids spread evenly over training, as a 4x4 panel; each grid is its 64 images, 8x8."""
+    plt = _pyplot()
     chosen = evenly_spaced(grids, panels)
     side = int(np.ceil(np.sqrt(max(len(chosen), 1))))
     figure, axes = plt.subplots(side, side, figsize=(3 * side, 3.2 * side), dpi=100, squeeze=False)
@@ -72,6 +89,7 @@ def save_samples_over_time(path: Path, grids: list[tuple[int, np.ndarray]], pane
 
 
 def save_losses(path: Path, history: list[dict[str, float]]) -> None:
+    plt = _pyplot()
     steps = [row["step"] for row in history]
     figure, axis = plt.subplots(figsize=(9, 4.5), dpi=100)
     axis.plot(steps, [row["d_loss"] for row in history], label="discriminator", linewidth=0.8)
@@ -94,3 +112,28 @@ def write_metrics_csv(path: Path, history: list[dict[str, float]]) -> None:
         writer = csv.DictWriter(f, fieldnames=columns)
         writer.writeheader()
         writer.writerows(history)
+
+
+def save_run_pictures(run_dir: Path, real: np.ndarray | None, final: np.ndarray, which: str,
+                      grids: list[tuple[int, np.ndarray]], history: list[dict[str, float]]) -> list[Path]:
+    """The chapter's pictures and the metrics table of a finished run; returns the pictures written.
+
+    ``real``: the first real images of the first batch; ``final``: a fresh batch from the final generator
+    (``which`` weights); ``grids``: (step, fixed-noise images) pairs; all uint8 [N, 28, 28].
+    """
+    written = []
+    if real is not None:
+        save_real_samples(run_dir / REAL_SAMPLES, real)
+        written.append(run_dir / REAL_SAMPLES)
+    save_samples_over_time(run_dir / SAMPLES_OVER_TIME, grids)
+    save_samples_final(run_dir / SAMPLES_FINAL, final, which)
+    save_losses(run_dir / LOSSES, history)
+    write_metrics_csv(run_dir / METRICS_CSV, history)
+    return [*written, run_dir / SAMPLES_OVER_TIME, run_dir / SAMPLES_FINAL, run_dir / LOSSES]
+
+
+def read_rgb(path: Path) -> np.ndarray:
+    """A PNG written here as uint8 [H, W, 3], for the trackers."""
+    import matplotlib.image
+
+    return (matplotlib.image.imread(path)[..., :3] * 255).astype(np.uint8)

@@ -1,10 +1,12 @@
-"""Experiment tracking through accelerate's trackers (W&B by default), with offline W&B as the automatic fallback."""
+"""What a run reports while it trains: experiment tracking through accelerate's trackers (W&B by default, with
+offline W&B as the automatic fallback) and the console progress of the main process."""
 
 from __future__ import annotations
 
 import netrc
 import os
 import secrets
+import sys
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -12,6 +14,7 @@ from typing import Any
 
 import numpy as np
 from accelerate import Accelerator
+from tqdm.auto import tqdm
 
 WANDB_HOST = "https://api.wandb.ai"
 
@@ -118,3 +121,35 @@ def _loggable(config: dict[str, Any]) -> dict[str, Any]:
         else:
             flat[key] = "none" if value is None else value
     return flat
+
+
+class Progress:
+    """A progress bar on a terminal, plain log lines every ``log_every`` steps elsewhere; main process only."""
+
+    def __init__(self, total: int, enabled: bool, log_every: int, done: int = 0):
+        self.interactive = enabled and sys.stdout.isatty()
+        self.enabled = enabled
+        self.log_every = log_every
+        self.total = total
+        self.bar = tqdm(total=total, initial=done, disable=not self.interactive, dynamic_ncols=True, unit="step")
+
+    def update(self, row: dict[str, float]) -> None:
+        """Show a step's metrics row (``step``, ``epoch``, losses, D outputs, ``images_per_second``)."""
+        step = row["step"]
+        if self.interactive:
+            self.bar.update(step - self.bar.n)
+            self.bar.set_postfix(epoch=row["epoch"], d_loss=f"{row['d_loss']:.3f}", g_loss=f"{row['g_loss']:.3f}",
+                                 img_s=f"{row['images_per_second']:.0f}", refresh=False)
+        elif self.enabled and (step % self.log_every == 0 or step == self.total):
+            print(f"step {step}/{self.total} epoch {row['epoch']} d_loss {row['d_loss']:.4f} "
+                  f"g_loss {row['g_loss']:.4f} D(x) {row['d_real']:.3f} D(G(z)) {row['d_fake']:.3f} "
+                  f"{row['images_per_second']:.0f} img/s", flush=True)
+
+    def note(self, message: str) -> None:
+        if self.interactive:
+            self.bar.write(message)
+        elif self.enabled:
+            print(message, flush=True)
+
+    def close(self) -> None:
+        self.bar.close()

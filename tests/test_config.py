@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from gan.config import LR_DISCRIMINATOR, LR_GENERATOR, TrainConfig, parse_config
+from gan.config import FLAG_GROUPS, LR_DISCRIMINATOR, LR_GENERATOR, TrainConfig, parse_config
 
 
 def test_learning_rates_default_to_the_measured_ones():
@@ -17,12 +17,6 @@ def test_lr_sets_both_networks_unless_one_is_given():
     assert (config.lr_generator, config.lr_discriminator) == (1e-3, 1e-3)
     config = parse_config(["--lr", "1e-3", "--lr-discriminator", "5e-5"])
     assert (config.lr_generator, config.lr_discriminator) == (1e-3, 5e-5)
-
-
-def test_config_saved_before_per_network_rates_resumes_with_its_lr():
-    # config.json of runs made when --lr was the only rate: both networks keep it
-    config = TrainConfig.from_dict({"lr": 3e-4, "epochs": 2})
-    assert (config.lr_generator, config.lr_discriminator) == (3e-4, 3e-4)
 
 
 def test_each_bad_rate_is_reported_once(capsys):
@@ -40,4 +34,18 @@ def test_help_shows_defaults_but_not_none(capsys):
         parse_config(["--help"])
     out = capsys.readouterr().out
     assert "(default: None)" not in out
-    assert "(default: 5)" in out  # --epochs
+    epochs_help = out[out.find("\n  --epochs ") :].split("\n  -")[1]  # the flag's own help line(s)
+    assert f"(default: {TrainConfig().epochs})" in " ".join(epochs_help.split())
+
+
+def test_help_lists_the_flags_in_groups(capsys):
+    with pytest.raises(SystemExit):
+        parse_config(["--help"])
+    out = capsys.readouterr().out
+    titles = [f"\n{title}:\n" for title in FLAG_GROUPS.values()]
+    positions = [out.find(title) for title in titles]
+    assert all(p >= 0 for p in positions) and positions == sorted(positions), out
+    data_section = out[positions[0] : positions[1]]
+    assert "--data-dir" in data_section and "--lr" not in data_section
+    resume_section = out[out.find("\ncheckpoints and resume:\n") :]
+    assert "--resume" in resume_section.split("\n\n")[0]

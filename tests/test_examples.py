@@ -17,13 +17,17 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import ROOT, ExportedRun, run_command
+from helpers import ROOT, ExportedRun, run_command
 from PIL import Image
 
-from gan.inference import OnnxGenerator, image_grid
+from gan.onnx_generator import OnnxGenerator
+from gan.pictures import tile
 
 EXAMPLES = ROOT / "examples"
 CHROMIUM = os.environ.get("CHROMIUM_PATH", "/usr/bin/chromium")
+# Node.js and headless Chromium start in seconds each, and the page loads onnxruntime-web's WASM: the slow tier.
+pytestmark = pytest.mark.slow
+
 INSTALL_HINT = "run `bash examples/install.sh` (apt chromium, npm ci in examples/node and examples/web)"
 
 requires_node = pytest.mark.skipif(shutil.which("node") is None, reason=f"Node.js is not installed; {INSTALL_HINT}")
@@ -65,7 +69,7 @@ def test_node_script_output_equals_python_onnxruntime(
     pngs = np.stack([np.asarray(Image.open(tmp_path / "out" / f"image_{i:03d}.png")) for i in range(12)])
     assert pngs.dtype == np.uint8 and np.abs(pngs.astype(int) - expected.astype(int)).max() <= 1
     with Image.open(tmp_path / "out" / "grid.png") as grid:
-        assert np.abs(np.asarray(grid).astype(int) - image_grid(expected).astype(int)).max() <= 1
+        assert np.abs(np.asarray(grid).astype(int) - tile(expected, fill=0).astype(int)).max() <= 1
 
 
 @requires_node
@@ -128,7 +132,7 @@ def test_web_page_draws_generated_characters_without_console_errors(
     # The canvas shows exactly what Python onnxruntime makes of the page's noise (WASM vs native: <= 1 level).
     noise = np.array(page["noise"], dtype=np.float32).reshape(count, latent_dim)
     assert 0.8 < noise.std() < 1.2 and abs(noise.mean()) < 0.1  # standard normal noise
-    expected = image_grid(onnx_generator.generate_from_noise(noise), columns=layout["columns"], padding=layout["pad"])
+    expected = tile(onnx_generator.generate_from_noise(noise), columns=layout["columns"], pad=layout["pad"], fill=0)
     assert pixels.shape == expected.shape
     assert np.abs(pixels.astype(int) - expected.astype(int)).max() <= 1
     assert (tmp_path / "page.png").stat().st_size > 10_000

@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
-from conftest import free_port
+from helpers import free_port
 from torch import nn
 
 from gan.cpu_kernels import use_cpu_kernels
@@ -92,6 +92,7 @@ def distributed_results():
     return results
 
 
+@pytest.mark.slow  # two spawned gloo processes
 def test_two_processes_match_one_batchnorm(distributed_results):
     x, upstream, weight, bias = _inputs()
     reference = _run(_make_layer(nn.BatchNorm2d, weight, bias), x, upstream)

@@ -9,10 +9,10 @@ import sys
 
 import pytest
 import torch
-from conftest import run_command, train_command
+from helpers import run_command, train_command
 from safetensors.torch import load_file
 
-from gan.artifacts import load_generator
+from gan.artifacts import CONFIG_FILE, GENERATOR_FILE, load_generator
 
 
 def _flags(data_dir, output_dir, run_name, *extra):
@@ -56,14 +56,16 @@ def world_size_runs(shared_data, tmp_path_factory):
     return out
 
 
+@pytest.mark.slow  # two real runs, one of them 2 gloo processes
+@pytest.mark.timeout(900)  # the fixture's two runs may take 400 s each on a loaded machine
 def test_world_size_invariance(world_size_runs):
     """Sharded data + synchronized BatchNorm + per-step global noise: 2 processes train the 1-process model.
 
     Run in float64 so that the comparison is not swamped by fp32 rounding noise, which GAN training amplifies
     (two fp32 runs of ONE process with 1 and 2 OpenMP threads already differ by ~3e-3 after 20 steps).
     """
-    one = load_file(str(world_size_runs / "p1" / "generator.safetensors"))
-    two = load_file(str(world_size_runs / "p2" / "generator.safetensors"))
+    one = load_file(str(world_size_runs / "p1" / GENERATOR_FILE))
+    two = load_file(str(world_size_runs / "p2" / GENERATOR_FILE))
     assert one.keys() == two.keys()
     worst = max((one[k].double() - two[k].double()).abs().max().item() for k in one)
     assert worst <= 1e-4, f"1 vs 2 processes differ by {worst}"
@@ -75,8 +77,8 @@ def test_world_size_invariance(world_size_runs):
         for k in one
     )
     assert moved == 0
-    config_two = json.loads((world_size_runs / "p2" / "config.json").read_text())
-    config_one = json.loads((world_size_runs / "p1" / "config.json").read_text())
+    config_two = json.loads((world_size_runs / "p2" / CONFIG_FILE).read_text())
+    config_one = json.loads((world_size_runs / "p1" / CONFIG_FILE).read_text())
     assert config_two["world_size"] == 2 and config_two["sync_bn"] is True
     assert config_one["world_size"] == 1 and config_one["sync_bn"] is False
     assert config_two["final_step"] == config_one["final_step"] == 20
@@ -88,6 +90,7 @@ def test_world_size_invariance(world_size_runs):
     assert (one["main.0.weight"] - initial["main.0.weight"]).abs().max() > 1e-3
 
 
+@pytest.mark.slow  # a real 15-step run
 def test_bf16_run_on_cpu(shared_data, tmp_path):
     result = run_command(
         train_command(
@@ -101,7 +104,7 @@ def test_bf16_run_on_cpu(shared_data, tmp_path):
     generator, config = load_generator(tmp_path / "bf16")
     assert config["mixed_precision"] == "bf16" and config["final_step"] == 15
     assert config["channels_last"] is True and config["cpu_kernels"] is True  # the CPU defaults, bf16 GEMM included
-    images = generator(torch.randn(4, 100))
+    images = generator(torch.randn(4, config["latent_dim"]))
     assert images.shape == (4, 1, 28, 28) and torch.isfinite(images).all()
     assert images.std() > 0.01  # not a constant image
 
@@ -146,6 +149,7 @@ def test_missing_training_images_is_a_clear_error(shared_data, tmp_path):
     assert "Traceback" not in result.stderr
 
 
+@pytest.mark.slow  # accelerate launch of 2 processes
 def test_batch_must_divide_by_processes(shared_data, tmp_path):
     result = run_command(
         train_command(*_flags(shared_data, tmp_path, "odd", "--batch-size", "127"), processes=2),
@@ -156,6 +160,7 @@ def test_batch_must_divide_by_processes(shared_data, tmp_path):
     assert "--batch-size 127" in result.stderr and "2 processes" in result.stderr
 
 
+@pytest.mark.slow  # the CLI form of a refusal that tests/test_devices.py checks in-process
 def test_fp16_on_cpu_is_refused_with_advice(shared_data, tmp_path):
     result = run_command(
         train_command(*_flags(shared_data, tmp_path, "fp16", "--mixed-precision", "fp16", "--cpu")),
@@ -164,6 +169,7 @@ def test_fp16_on_cpu_is_refused_with_advice(shared_data, tmp_path):
     assert result.returncode == 2 and "--mixed-precision bf16" in result.stderr
 
 
+@pytest.mark.slow  # a real 30-step run
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="fp16 loss scaling needs a CUDA GPU")
 def test_fp16_on_gpu_counts_skipped_steps(shared_data, tmp_path):
     run_command(
@@ -171,5 +177,5 @@ def test_fp16_on_gpu_counts_skipped_steps(shared_data, tmp_path):
             *_flags(shared_data, tmp_path, "fp16", "--max-steps", "30", "--mixed-precision", "fp16")
         )
     )
-    config = json.loads((tmp_path / "fp16" / "config.json").read_text())
+    config = json.loads((tmp_path / "fp16" / CONFIG_FILE).read_text())
     assert config["mixed_precision"] == "fp16" and 0 <= config["skipped_steps"] < 30

@@ -103,7 +103,7 @@ function writeGrayPng(file, pixels, width, height) {
   ]));
 }
 
-// [-1, 1] -> [0, 255], rounding half to even like numpy.rint and torch.round (gan.inference.to_uint8).
+// [-1, 1] -> [0, 255], rounding half to even like numpy.rint and torch.round (gan.onnx_generator.to_uint8).
 function toUint8(value) {
   const scaled = (Math.min(1, Math.max(-1, value)) + 1) * 127.5;
   const floor = Math.floor(scaled);

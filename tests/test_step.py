@@ -1,4 +1,4 @@
-"""gan.training.train_step against the chapter's step written out literally, from the same weights and batch."""
+"""gan.step.train_step against the chapter's step written out literally, from the same weights and batch."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ import torch.nn.functional as F
 from accelerate import Accelerator
 
 from gan.cpu_kernels import use_cpu_kernels
-from gan.models import Discriminator, Generator
-from gan.training import GAN, frozen, train_step
+from gan.models import LATENT_DIM, Discriminator, Generator
+from gan.step import GAN, frozen, train_step
 
 
 def _sgd(module: torch.nn.Module) -> torch.optim.SGD:
@@ -58,7 +58,7 @@ def test_train_step_matches_the_chapter_step(accelerator, channels_last, cpu_ker
     ref_opts = _sgd(reference[0]), _sgd(reference[1])
     for _ in range(3):
         real = torch.rand(32, 1, 28, 28, dtype=torch.float64) * 2 - 1
-        noise = torch.randn(32, 100, dtype=torch.float64)
+        noise = torch.randn(32, LATENT_DIM, dtype=torch.float64)
         train_step(accelerator, gan, real, noise)
         _chapter_step(*reference, *ref_opts, real, noise)
     for ours, theirs in zip((generator, discriminator), reference, strict=True):

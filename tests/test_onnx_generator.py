@@ -1,4 +1,4 @@
-"""gan/inference.py and ``python -m gan.generate`` on the exported fixture generator, against PyTorch."""
+"""gan/onnx_generator.py and ``python -m gan.generate`` on the exported fixture generator, against PyTorch."""
 
 
 from __future__ import annotations
@@ -10,19 +10,13 @@ import numpy as np
 import onnx
 import pytest
 import torch
-from conftest import ExportedRun, run_command
+from helpers import EXPORT_RUN_NAME, ExportedRun, run_command
 from PIL import Image
 
-from gan.artifacts import load_generator
+from gan.artifacts import load_generator, read_config
 from gan.data import to_uint8 as torch_to_uint8
-from gan.inference import (
-    DEFAULT_INTRA_OP_THREADS,
-    ModelError,
-    OnnxGenerator,
-    image_grid,
-    open_session,
-    to_uint8,
-)
+from gan.onnx_generator import DEFAULT_INTRA_OP_THREADS, ModelError, OnnxGenerator, open_session, to_uint8
+from gan.pictures import tile
 
 
 def test_generate_matches_pytorch_on_the_same_noise(run: ExportedRun, onnx_generator: OnnxGenerator) -> None:
@@ -47,10 +41,11 @@ def test_the_same_seed_gives_the_same_images_and_another_seed_others(onnx_genera
     assert np.array_equal(first[:5], onnx_generator.generate(5, seed=3))  # the first images do not depend on n
 
 
-def test_metadata_and_latent_size_come_from_the_file(onnx_generator: OnnxGenerator) -> None:
-    assert onnx_generator.latent_dim == 100
-    assert onnx_generator.metadata["latent_dim"] == "100"
-    assert onnx_generator.metadata["run_name"] == "export-fixture"
+def test_metadata_and_latent_size_come_from_the_file(run: ExportedRun, onnx_generator: OnnxGenerator) -> None:
+    config = read_config(run.run_dir)
+    assert onnx_generator.latent_dim == config["latent_dim"]
+    assert onnx_generator.metadata["latent_dim"] == str(config["latent_dim"])
+    assert onnx_generator.metadata["run_name"] == EXPORT_RUN_NAME
 
 
 @pytest.mark.parametrize(
@@ -106,9 +101,9 @@ def test_missing_corrupt_and_foreign_models_are_clear_errors(run: ExportedRun, t
 
 
 def test_session_threads_setting_is_applied_and_does_not_change_results(run: ExportedRun) -> None:
-    assert DEFAULT_INTRA_OP_THREADS == 1
     session = open_session(run.model)
-    assert session.get_session_options().intra_op_num_threads == 1
+    assert session.get_session_options().intra_op_num_threads == DEFAULT_INTRA_OP_THREADS
+    assert open_session(run.model, intra_op_threads=2).get_session_options().intra_op_num_threads == 2
     one, default = OnnxGenerator(run.model, intra_op_threads=1), OnnxGenerator(run.model, intra_op_threads=0)
     z = one.noise(64, seed=0)
     assert np.abs(one.generate_raw(z) - default.generate_raw(z)).max() <= 1e-6
@@ -120,9 +115,9 @@ def test_numpy_to_uint8_is_the_twin_of_the_torch_one() -> None:
     assert np.array_equal(to_uint8(values), torch_to_uint8(torch.from_numpy(values)).numpy())
 
 
-def test_image_grid_places_each_image() -> None:
+def test_tile_places_each_image() -> None:
     images = np.arange(5 * 2 * 3, dtype=np.uint8).reshape(5, 2, 3) + 1
-    grid = image_grid(images, columns=2, padding=1)
+    grid = tile(images, columns=2, pad=1, fill=0)
     assert grid.shape == (3 * 3 + 1, 2 * 4 + 1)
     assert np.array_equal(grid[1:3, 1:4], images[0]) and np.array_equal(grid[1:3, 5:8], images[1])
     assert np.array_equal(grid[7:9, 1:4], images[4])
@@ -130,7 +125,7 @@ def test_image_grid_places_each_image() -> None:
 
 
 def test_inference_and_generate_cli_do_not_import_torch() -> None:
-    code = "import sys, gan.inference, gan.generate; assert 'torch' not in sys.modules, 'torch was imported'"
+    code = "import sys, gan.onnx_generator, gan.generate; assert 'torch' not in sys.modules, 'torch was imported'"
     run_command([sys.executable, "-c", code], timeout=60)
 
 
@@ -142,7 +137,7 @@ def test_generate_cli_writes_grid_png_and_npy(onnx_generator: OnnxGenerator, run
     assert np.array_equal(np.load(npy), expected)
     with Image.open(out) as png:
         assert png.format == "PNG" and png.mode == "L"
-        assert np.array_equal(np.asarray(png), image_grid(expected))  # 4 columns x 3 rows
+        assert np.array_equal(np.asarray(png), tile(expected, fill=0))  # 4 columns x 3 rows
 
 
 def test_generate_cli_reports_a_corrupt_model(tmp_path: Path) -> None:

@@ -1,4 +1,4 @@
-"""One GAN training step (the chapter's D step, then G step) and the noise that feeds it."""
+"""One GAN training step: the chapter's D step, then its G step."""
 
 from __future__ import annotations
 
@@ -12,31 +12,7 @@ from accelerate import Accelerator
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
-METRIC_NAMES = ("d_loss", "g_loss", "d_real", "d_fake")
-_FIXED_NOISE_STREAM = 1  # keeps the fixed grid's noise apart from the per-step noise of the same seed
-_STEP_NOISE_STREAM = 2
-
-
-def _seeded(seed: int, stream: int, index: int = 0) -> torch.Generator:
-    return torch.Generator().manual_seed((seed * 1_000_003 + stream) * 1_000_000_007 + index)
-
-
-def fixed_noise(seed: int, latent_dim: int, count: int = 64) -> torch.Tensor:
-    """The fixed noise batch (CPU) behind the sample grids; the same for the whole run and on every process."""
-    return torch.randn(count, latent_dim, generator=_seeded(seed, _FIXED_NOISE_STREAM))
-
-
-def step_noise(
-    seed: int, step: int, global_batch_size: int, latent_dim: int, process_index: int, num_processes: int
-) -> torch.Tensor:
-    """This process's slice of the step's global noise batch (CPU).
-
-    The whole global batch depends only on (seed, step), so the run sees the same noise whatever the number of
-    processes; each process takes its contiguous share, in the same order as the data shards.
-    """
-    noise = torch.randn(global_batch_size, latent_dim, generator=_seeded(seed, _STEP_NOISE_STREAM, step))
-    local = global_batch_size // num_processes
-    return noise[process_index * local : (process_index + 1) * local]
+STEP_METRICS = ("d_loss", "g_loss", "d_real", "d_fake")  # what train_step returns, in this order
 
 
 @dataclass
@@ -82,7 +58,7 @@ def train_step(accelerator: Accelerator, gan: GAN, real: torch.Tensor, noise: to
 
     ``real_label`` < 1 is one-sided label smoothing: the D step's target for real images (the G step keeps 1).
 
-    Returns the detached metrics [d_loss, g_loss, d_real, d_fake] (order of ``METRIC_NAMES``) of this process;
+    Returns the detached metrics [d_loss, g_loss, d_real, d_fake] (order of ``STEP_METRICS``) of this process;
     d_real and d_fake are the mean probabilities D(x) and D(G(z)) seen by the D step.
     """
     # (1) Update D: maximize log D(x) + log(1 - D(G(z)))

@@ -13,15 +13,15 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
+from gan.noise import latent_noise
+
 INPUT_NAME = "z"
 OUTPUT_NAME = "images"
 BATCH_AXIS = "batch"
 
-# One intra-op thread, from benchmarks/bench_onnx.py on the 2-core CI machine (numbers in the README): at batch 1
-# a call takes ~0.1 ms and more threads gain nothing; at batch 64 onnxruntime's default (one spinning thread per
-# core) was ~1.4x faster in some runs and 1.6-2.2x slower in others, depending on what else was running, and its
-# spinning threads take CPU from the other processes. One thread is predictable; pass intra_op_threads=0 for
-# large batches on a machine of its own.
+# One intra-op thread: at batch 1 more threads gain nothing, and onnxruntime's default pool (one spinning thread
+# per core) takes CPU from every other process on a small machine (docs/deployment.md has the measurements).
+# Pass intra_op_threads=0 for large batches on a machine of its own.
 DEFAULT_INTRA_OP_THREADS = 1
 
 
@@ -90,10 +90,11 @@ class OnnxGenerator:
         return latent_dim
 
     def noise(self, n: int, seed: int) -> np.ndarray:
-        """Standard normal noise float32 [n, latent_dim], the same for the same ``seed``."""
+        """The sample noise of ``seed`` (:mod:`gan.noise`), float32 [n, latent_dim]: what a training run with
+        ``--seed seed`` draws its final samples and evaluations from."""
         if not isinstance(n, (int, np.integer)) or n < 1:
             raise ValueError(f"the number of images must be a positive integer, got {n!r}")
-        return np.random.default_rng(seed).standard_normal((int(n), self.latent_dim), dtype=np.float32)
+        return latent_noise(seed, "samples", n, self.latent_dim)
 
     def check_noise(self, z: np.ndarray) -> np.ndarray:
         """``z`` as the model takes it, or a ValueError/TypeError that says what was expected."""
@@ -123,17 +124,3 @@ def to_uint8(images: np.ndarray) -> np.ndarray:
     """Float images in [-1, 1] -> uint8 [0, 255]: the numpy twin of ``gan.data.to_uint8`` (a torch one)."""
     return np.rint((np.clip(images, -1.0, 1.0) + 1.0) * np.float32(127.5)).astype(np.uint8)
 
-
-def image_grid(images: np.ndarray, columns: int | None = None, padding: int = 2) -> np.ndarray:
-    """uint8 images [N, H, W] tiled into one uint8 image, ``columns`` per row (default: near-square)."""
-    if images.ndim != 3:
-        raise ValueError(f"expected images [N, H, W], got shape {list(images.shape)}")
-    count, height, width = images.shape
-    columns = columns or int(np.ceil(np.sqrt(count)))
-    rows = int(np.ceil(count / columns))
-    grid = np.zeros((rows * (height + padding) + padding, columns * (width + padding) + padding), dtype=np.uint8)
-    for index, image in enumerate(images):
-        top = padding + (index // columns) * (height + padding)
-        left = padding + (index % columns) * (width + padding)
-        grid[top : top + height, left : left + width] = image
-    return grid

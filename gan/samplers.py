@@ -1,0 +1,72 @@
+"""Images from a generator: a module in memory, a training run folder (PyTorch) or an exported ONNX model.
+
+A :data:`Sampler` maps noise to images; :func:`generate` feeds it the sample noise of a seed from
+:func:`gan.noise.latent_noise`, so PyTorch and onnxruntime (and ``python -m gan.generate``) turn the same seed
+into the same images.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from gan.artifacts import ArtifactError, load_generator
+from gan.classifier import EvaluationError
+from gan.noise import latent_noise
+
+Sampler = Callable[[torch.Tensor], torch.Tensor]
+"""z float32 [B, latent_dim] (CPU) -> images [B, 1, 28, 28] in [-1, 1]."""
+
+
+def generate(
+    sampler: Sampler, latent_dim: int, num_samples: int, seed: int = 0, batch_size: int = 1000
+) -> torch.Tensor:
+    """``num_samples`` images [N, 1, 28, 28] (CPU float32) from the sample noise of ``seed``, in batches."""
+    noise = torch.from_numpy(latent_noise(seed, "samples", num_samples, latent_dim))  # (N, latent_dim)
+    return torch.cat([sampler(z).float().cpu() for z in noise.split(batch_size)])
+
+
+def torch_sampler(generator: nn.Module) -> Sampler:
+    """Sample ``generator`` as it is (the caller chooses eval or train mode) on the device and dtype of its weights."""
+    weight = next(generator.parameters())
+
+    @torch.no_grad()
+    def sample(z: torch.Tensor) -> torch.Tensor:
+        return generator(z.to(weight.device, weight.dtype))
+
+    return sample
+
+
+def onnx_sampler(path: str | os.PathLike) -> tuple[Sampler, int]:
+    """(sampler, latent_dim) of a model written by export.py, run on the CPU by :mod:`gan.onnx_generator`."""
+    try:
+        from gan.onnx_generator import ModelError, OnnxGenerator  # imports onnxruntime: only needed for ONNX models
+    except ImportError as error:
+        raise EvaluationError(
+            f"evaluating {path} needs onnxruntime ({error}); install it with `pip install -e '.[export]'`."
+        ) from None
+    try:
+        generator = OnnxGenerator(path)
+    except ModelError as error:  # one error type for every unusable model file, ONNX or run folder
+        raise ArtifactError(str(error)) from None
+
+    def sample(z: torch.Tensor) -> torch.Tensor:
+        return torch.from_numpy(generator.generate_raw(z.float().numpy()))
+
+    return sample, generator.latent_dim
+
+
+def open_generator(source: str | os.PathLike, device: str | torch.device = "cpu") -> tuple[Sampler, int, str]:
+    """(sampler, latent_dim, kind) of a training run folder (kind 'pytorch') or an .onnx file ('onnx')."""
+    source = Path(source)
+    if source.suffix == ".onnx":
+        sampler, latent_dim = onnx_sampler(source)
+        return sampler, latent_dim, "onnx"
+    if not source.is_dir():
+        raise ArtifactError(f"{source} is neither a training run folder nor an .onnx file.")
+    generator, config = load_generator(source, device)
+    return torch_sampler(generator), int(config["latent_dim"]), "pytorch"

@@ -1,0 +1,109 @@
+"""What several test modules share: paths, the data folder, and running real processes."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from gan.export import MODEL_FILE, fp16_path
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED_DATA = Path(os.environ.get("KMNIST_DATA_DIR", ROOT.parent / "shared" / "data"))
+
+
+def run_command(
+    args: list[str], timeout: float = 300, env: dict[str, str | None] | None = None, check: bool = True
+) -> subprocess.CompletedProcess:
+    """Run a real process from the repository root and return it (stdout/stderr as text)."""
+    full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
+    full_env = {k: v for k, v in full_env.items() if v is not None}  # None: remove the variable
+    completed = subprocess.run(args, cwd=ROOT, env=full_env, capture_output=True, text=True, timeout=timeout)
+    if check and completed.returncode != 0:
+        raise AssertionError(
+            f"{' '.join(args)} exited {completed.returncode}\n--- stdout\n{completed.stdout[-4000:]}\n"
+            f"--- stderr\n{completed.stderr[-4000:]}"
+        )
+    return completed
+
+
+def train_command(*flags: str, processes: int = 1) -> list[str]:
+    """`python train_ddp.py ...` for one process, `accelerate launch` with the CPU recipe for several."""
+    if processes == 1:
+        return [sys.executable, "train_ddp.py", *flags]
+    return [
+        sys.executable,
+        "-m",
+        "accelerate.commands.launch",
+        "--config_file",
+        str(ROOT / "launch" / "cpu_multi_process.yaml"),
+        "--num_processes",
+        str(processes),
+        "--main_process_port",
+        str(free_port()),
+        "train_ddp.py",
+        *flags,
+    ]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+# --- the generator that the `run` fixture (conftest.py) trains with train_ddp.py and exports with export.py
+
+EXPORT_RUN_NAME = "export-fixture"
+# 40 small steps (~10 s on 2 cores): enough for outputs far from the near-zero ones of the initial weights
+# (std ~0.08, |max| ~0.45 instead of ~0.003), so that the 1e-5 comparisons are not trivially met.
+EXPORT_TRAIN_STEPS = 40
+EXPORT_TRAIN_BATCH = 32
+
+
+@dataclass(frozen=True)
+class ExportedRun:
+    run_dir: Path
+    export_stdout: str
+
+    @property
+    def model(self) -> Path:
+        return self.run_dir / MODEL_FILE
+
+    @property
+    def fp16_model(self) -> Path:
+        return fp16_path(self.model)
+
+
+# --- a small generator saved as a run folder, in a second: for the evaluation tests (no training run needed)
+
+SMALL_LATENT_DIM, SMALL_BASE_WIDTH = 16, 8  # small: the ONNX export stays quick
+
+
+def save_small_run(run_dir: Path, **config: object):
+    """A run folder (config.json with ``config`` added, generator.safetensors) of a small untrained generator.
+
+    Returns the generator (eval mode). Its BatchNorm statistics come from one pass in train mode and its last layer
+    is scaled up, so that its images vary (fresh weights give an almost flat grey).
+    """
+    import torch
+
+    from gan.artifacts import CONFIG_FILE, GENERATOR_FILE, save_generator
+    from gan.atomic_write import write_json
+    from gan.models import Generator
+
+    torch.manual_seed(0)
+    generator = Generator(SMALL_LATENT_DIM, SMALL_BASE_WIDTH)
+    for module in generator.modules():
+        if isinstance(module, torch.nn.BatchNorm2d):
+            module.momentum = None  # a cumulative average over the one pass
+    with torch.no_grad():
+        generator.train()(torch.randn(512, SMALL_LATENT_DIM))
+        generator.main[-2].weight.mul_(8)  # the last layer's N(0, 0.02) weights alone give tanh inputs ~ 0.1
+    generator.eval()
+    write_json(run_dir / CONFIG_FILE, {"latent_dim": SMALL_LATENT_DIM, "base_width": SMALL_BASE_WIDTH, **config})
+    save_generator(generator, run_dir / GENERATOR_FILE)
+    return generator
