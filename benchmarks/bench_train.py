@@ -7,8 +7,9 @@ Each project variant is ``train_ddp.py`` itself, run as a subprocess with its fl
 the same data (the 10,000-image test split), batch 128; its throughput comes from the per-step times it logs to
 ``metrics.csv`` (a step's time covers drawing the batch, both updates, the metric all-reduce and the EMA update;
 start-up, sample grids, evaluations and checkpoints are excluded, as the literal port's start-up is). Variants run
-one after another, interleaved over ``--repeats``. Prints each variant's best images/s, its ratio to the literal
-port's best, and the range of the per-repeat ratios.
+one after another, interleaved over ``--repeats``. Prints the CPU (model, PyTorch capability, vector flags) or GPU,
+then each variant's best images/s, its ratio to the reference's best, and the range and median of the per-repeat
+ratios. The reference is the literal port, or, when it is not among ``--variants``, the first variant (an A/B).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -137,20 +139,20 @@ def main() -> None:
             else:
                 speed = project_run(args.data_dir, args.warmup, args.steps, flags)
             speeds[variant].append(speed)
+    # the literal port when it ran, else the first variant: paired A/B ratios per repeat
+    reference_name = "literal" if "literal" in speeds else args.variants[0]
+    reference = speeds[reference_name]
     device = torch.cuda.get_device_name() if torch.cuda.is_available() else cpu_line()
     print(f"device: {device}; torch {torch.__version__}; {args.steps} timed steps of batch 128 after "
           f"{args.warmup} warm-up; best of {args.repeats} interleaved repeats, and the range of the per-repeat "
-          f"ratios (each repeat's run against the same repeat's literal port)")
-    print("| variant | images/s | vs literal port | per-repeat range | what |\n|---|---:|---:|---:|---|")
-    reference = speeds.get("literal")
+          f"ratios (each repeat's run against the same repeat's {reference_name})")
+    print(f"| variant | images/s | vs {reference_name} | per-repeat range | what |\n|---|---:|---:|---:|---|")
     for variant in args.variants:
         best = max(speeds[variant])
-        if reference:
-            ratios = [mine / theirs for mine, theirs in zip(speeds[variant], reference, strict=True)]
-            ratio, spread = f"{best / max(reference):.2f}x", f"{min(ratios):.2f}-{max(ratios):.2f}x"
-        else:
-            ratio = spread = "-"
-        print(f"| {variant} | {best:.0f} | {ratio} | {spread} | {describe(variant)} |")
+        ratios = [mine / theirs for mine, theirs in zip(speeds[variant], reference, strict=True)]
+        ratio, spread = f"{best / max(reference):.2f}x", f"{min(ratios):.2f}-{max(ratios):.2f}x"
+        median = statistics.median(ratios)
+        print(f"| {variant} | {best:.0f} | {ratio} | {spread} (median {median:.2f}x) | {describe(variant)} |")
 
 if __name__ == "__main__":
     main()
