@@ -34,7 +34,8 @@ STATE_TENSORS = "trainer_state.safetensors"
 _NAME = re.compile(r"^step_(\d+)$")
 # Settings a resumed run takes from its config.json: changing them would not continue the same run.
 RESUME_FIXED = ("data_dir", "split", "batch_size", "real_label", "lr", "beta1", "beta2", "latent_dim", "base_width",
-                "seed", "dtype", "ema_decay", "sample_every", "mixed_precision", "sync_bn", "run_name", "output_dir")
+                "seed", "dtype", "ema_decay", "sample_every", "mixed_precision", "tf32", "sync_bn", "run_name",
+                "output_dir")
 
 
 @dataclass

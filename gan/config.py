@@ -135,6 +135,15 @@ class TrainConfig:
             group="devices",
         ),
     )
+    tf32: bool = field(
+        default=False,
+        metadata=field_flag(
+            "let fp32 matrix products and cuDNN convolutions on NVIDIA GPUs run in TF32 (faster, 10-bit mantissa); "
+            "off: fp32 is full fp32 (PyTorch's own default runs cuDNN convolutions in TF32)",
+            action=argparse.BooleanOptionalAction,
+            group="devices",
+        ),
+    )
     cpu: bool = field(
         default=False,
         metadata=field_flag("train on CPU even where a GPU exists (gloo across processes)", group="devices"),

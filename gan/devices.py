@@ -43,6 +43,12 @@ def make_accelerator(config: TrainConfig) -> Accelerator:
     return Accelerator(cpu=cpu, mixed_precision=config.mixed_precision, kwargs_handlers=[ddp, process_group])
 
 
+def set_tf32(enabled: bool) -> None:
+    """TF32 for fp32 matrix products and cuDNN convolutions on NVIDIA GPUs: on, or off for full fp32 everywhere."""
+    torch.backends.cuda.matmul.allow_tf32 = enabled
+    torch.backends.cudnn.allow_tf32 = enabled
+
+
 @cache
 def _cpuinfo() -> dict[str, str]:
     """The first processor's fields of Linux's /proc/cpuinfo (empty elsewhere)."""

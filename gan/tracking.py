@@ -108,8 +108,8 @@ class Tracker:
             tracker.add_image(name, image, global_step=step, dataformats="HW" if image.ndim == 2 else "HWC")
 
     def finish(self) -> None:
-        if self.report_to != "none":
-            self.accelerator.end_training()
+        """Close the trackers and the process group (accelerate does both; also without a tracker)."""
+        self.accelerator.end_training()
 
 
 def _loggable(config: dict[str, Any]) -> dict[str, Any]:

@@ -24,7 +24,7 @@ from gan.checkpointing import TrainerState, find_resume_checkpoint, restore, res
 from gan.config import SetupError, TrainConfig
 from gan.cpu_kernels import enable_cpu_kernels
 from gan.data import DataError, KMNISTData, ShardedBatches, ensure_files, load_kmnist, to_uint8
-from gan.devices import cpu_description, make_accelerator, resolve_for_device
+from gan.devices import cpu_description, make_accelerator, resolve_for_device, set_tf32
 from gan.ema import GeneratorEMA
 from gan.models import Discriminator, Generator
 from gan.noise import GRID_SIZE, latent_noise, step_noise
@@ -58,6 +58,7 @@ def train(config: TrainConfig) -> TrainerState:
         use_deterministic_algorithms()
     accelerator = make_accelerator(config)
     config = resolve_for_device(config, accelerator)
+    set_tf32(config.tf32)
     main_process = accelerator.is_main_process
     run_dir = new_run_dir(config, accelerator, resuming=resume_from is not None)
     device, dtype = accelerator.device, getattr(torch, config.dtype)

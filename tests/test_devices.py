@@ -61,4 +61,16 @@ def test_cpu_description_reads_this_machine():
 def test_a_run_records_the_cpu_it_trained_on(run):
     from gan.artifacts import read_config
 
-    assert read_config(run.run_dir)["cpu"] == devices.cpu_description()
+    recorded = read_config(run.run_dir)
+    assert recorded["cpu"] == devices.cpu_description()
+    assert recorded["tf32"] is False  # fp32 means full fp32 unless --tf32
+
+
+@pytest.mark.parametrize("enabled", [True, False])
+def test_tf32_is_chosen_explicitly_for_matmuls_and_convolutions(enabled):
+    before = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)
+    try:
+        devices.set_tf32(enabled)
+        assert (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32) == (enabled, enabled)
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = before
