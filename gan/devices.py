@@ -7,6 +7,7 @@ here once, into the config that the run records; the rest of the code reads plai
 from __future__ import annotations
 
 import dataclasses
+import os
 import platform
 import sys
 import warnings
@@ -17,7 +18,7 @@ from typing import Any
 
 import torch
 from accelerate import Accelerator
-from accelerate.utils import DistributedDataParallelKwargs, InitProcessGroupKwargs
+from accelerate.utils import DistributedDataParallelKwargs, InitProcessGroupKwargs, parse_flag_from_env
 
 from gan.config import SetupError, TrainConfig
 
@@ -38,8 +39,8 @@ def make_accelerator(config: TrainConfig) -> Accelerator:
     ddp = DistributedDataParallelKwargs(broadcast_buffers=False)
     # A dead peer makes the others fail after dist_timeout instead of hanging (torchrun then restarts the group).
     process_group = InitProcessGroupKwargs(timeout=timedelta(seconds=config.dist_timeout))
-    # Without CUDA, train on CPU: the same launch config then runs gloo processes on a CPU-only machine.
-    cpu = config.cpu or not torch.cuda.is_available()
+    # CPU: --cpu, a launch config with use_cpu (accelerate launch passes it on as ACCELERATE_USE_CPU), or no CUDA.
+    cpu = config.cpu or parse_flag_from_env("ACCELERATE_USE_CPU") or not torch.cuda.is_available()
     return Accelerator(cpu=cpu, mixed_precision=config.mixed_precision, kwargs_handlers=[ddp, process_group])
 
 
@@ -87,6 +88,14 @@ def setup_problems(config: TrainConfig, accelerator: Accelerator) -> list[str]:
             f"--batch-size {config.batch_size} is the global batch and must divide by the "
             f"{accelerator.num_processes} processes; use a multiple of {accelerator.num_processes} "
             f"(e.g. {config.batch_size - config.batch_size % accelerator.num_processes or accelerator.num_processes})"
+        )
+    local_processes = int(os.environ.get("LOCAL_WORLD_SIZE", 1))  # set by every torch.distributed launcher
+    if accelerator.device.type == "cuda" and local_processes > torch.cuda.device_count():
+        gpus = torch.cuda.device_count()
+        problems.append(
+            f"{local_processes} processes on this machine but {gpus} GPU(s): two processes would share a GPU, "
+            f"which NCCL refuses. Pass --num_processes {gpus} (per machine), or train on CPU with "
+            f"--config_file launch/cpu_multi_process.yaml"
         )
     if accelerator.mixed_precision == "fp16" and accelerator.device.type == "cpu":
         problems.append(

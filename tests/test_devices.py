@@ -11,6 +11,13 @@ from gan import devices
 from gan.config import SetupError, TrainConfig
 
 
+@pytest.fixture(autouse=True)
+def one_gpu_and_one_local_process(monkeypatch):
+    """The fake "cuda" launches below run on a machine with one GPU, one process per machine unless a test says."""
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "1")
+
+
 def _accelerator(device: str = "cpu", mixed_precision: str = "no", processes: int = 1):
     """What resolve_for_device reads of an Accelerator, for launches this machine cannot make."""
     return SimpleNamespace(device=torch.device(device), mixed_precision=mixed_precision, num_processes=processes,
@@ -74,3 +81,20 @@ def test_tf32_is_chosen_explicitly_for_matmuls_and_convolutions(enabled):
         assert (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32) == (enabled, enabled)
     finally:
         torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = before
+
+
+def test_more_processes_than_gpus_on_a_machine_is_refused(monkeypatch):
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")
+    with pytest.raises(SetupError) as error:
+        devices.resolve_for_device(TrainConfig(), _accelerator("cuda", "no", processes=2))
+    assert "2 processes on this machine but 1 GPU(s)" in str(error.value) and "--num_processes 1" in str(error.value)
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "1")  # one process per GPU on each of two machines
+    devices.resolve_for_device(TrainConfig(), _accelerator("cuda", "no", processes=2))
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")  # CPU processes need no GPU
+    devices.resolve_for_device(TrainConfig(), _accelerator("cpu", "no", processes=2))
+
+
+def test_a_launch_config_with_use_cpu_trains_on_the_cpu(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)  # even where CUDA is there
+    monkeypatch.setenv("ACCELERATE_USE_CPU", "true")  # what `accelerate launch` sets for `use_cpu: true`
+    assert devices.make_accelerator(TrainConfig()).device.type == "cpu"

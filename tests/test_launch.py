@@ -191,6 +191,7 @@ def test_configs_describe_the_documented_layouts():
         assert option in text  # the comments show how to override it
     cpu = configs["cpu_multi_process"]
     assert cpu.distributed_type == DistributedType.MULTI_GPU and cpu.num_processes == 2
+    assert cpu.use_cpu  # trains on the CPU also where there are GPUs
 
 
 @pytest.mark.slow  # the `reference` run: 2 processes through accelerate launch
