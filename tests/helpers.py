@@ -6,6 +6,7 @@ import os
 import socket
 import subprocess
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -47,6 +48,23 @@ def train_command(*flags: str, processes: int = 1) -> list[str]:
         "train_ddp.py",
         *flags,
     ]
+
+
+def run_processes(target: Callable, world_size: int, *args, timeout: float = 300) -> dict:
+    """Run ``target(rank, world_size, *args, queue)`` in ``world_size`` spawned processes, each of which puts
+    ``(rank, result)`` on the queue; return {rank: result} once every process has exited cleanly."""
+    import torch.multiprocessing as mp
+
+    context = mp.get_context("spawn")
+    queue = context.Queue()
+    processes = [context.Process(target=target, args=(rank, world_size, *args, queue)) for rank in range(world_size)]
+    for process in processes:
+        process.start()
+    results = dict(queue.get(timeout=timeout) for _ in processes)
+    for process in processes:
+        process.join(timeout=60)
+        assert process.exitcode == 0, f"process exited with {process.exitcode}"
+    return results
 
 
 def free_port() -> int:

@@ -7,8 +7,7 @@ import os
 import pytest
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
-from helpers import free_port
+from helpers import free_port, run_processes
 from torch import nn
 
 from gan.cpu_kernels import use_cpu_kernels
@@ -76,20 +75,7 @@ def _worker(rank: int, world_size: int, port: int, queue) -> None:
 
 @pytest.fixture(scope="module")
 def distributed_results():
-    world_size = 2
-    context = mp.get_context("spawn")
-    queue = context.Queue()
-    port = free_port()
-    processes = [
-        context.Process(target=_worker, args=(rank, world_size, port, queue)) for rank in range(world_size)
-    ]
-    for p in processes:
-        p.start()
-    results = dict(queue.get(timeout=120) for _ in processes)
-    for p in processes:
-        p.join(timeout=60)
-        assert p.exitcode == 0
-    return results
+    return run_processes(_worker, 2, free_port(), timeout=120)
 
 
 @pytest.mark.slow  # two spawned gloo processes

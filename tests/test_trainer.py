@@ -6,8 +6,7 @@ import os
 
 import pytest
 import torch.distributed as dist
-import torch.multiprocessing as mp
-from helpers import SHARED_DATA, free_port
+from helpers import SHARED_DATA, free_port, run_processes
 
 SKIPPED_AT_CALL = 3  # the step at which the replaced skip counter reports one skipped optimizer step
 
@@ -36,18 +35,8 @@ def _worker(rank: int, world_size: int, port: int, output_dir: str, queue) -> No
 
 @pytest.fixture(scope="module")
 def two_process_run(tmp_path_factory):
-    world_size, context = 2, mp.get_context("spawn")
-    queue, port = context.Queue(), free_port()
     output_dir = str(tmp_path_factory.mktemp("two-process-run"))
-    processes = [context.Process(target=_worker, args=(rank, world_size, port, output_dir, queue))
-                 for rank in range(world_size)]
-    for process in processes:
-        process.start()
-    results = dict(queue.get(timeout=300) for _ in processes)
-    for process in processes:
-        process.join(timeout=60)
-        assert process.exitcode == 0
-    return results
+    return run_processes(_worker, 2, free_port(), output_dir)
 
 
 @pytest.mark.slow  # two spawned gloo processes training
