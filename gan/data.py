@@ -49,9 +49,6 @@ class MissingDataError(DataError):
             )
         )
 
-    def __reduce__(self):  # picklable (a message crossing processes), although __init__ takes (path, split)
-        return type(self), (self.path, self.split)
-
     def advise(self, why: str, remedies: str) -> str:
         """'PATH is missing and WHY. The split needs ... in FOLDER. Put the files there, REMEDIES.'"""
         return (

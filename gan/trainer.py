@@ -29,6 +29,7 @@ from gan.ema import GeneratorEMA
 from gan.models import Discriminator, Generator
 from gan.noise import GRID_SIZE, latent_noise, step_noise
 from gan.preemption import StopRequest
+from gan.samplers import generate, torch_sampler
 from gan.step import GAN, STEP_METRICS, skipped_steps, train_step
 from gan.sync_batchnorm import convert_sync_batchnorm
 from gan.tracking import Progress, Tracker
@@ -297,12 +298,10 @@ def eval_mode(module: torch.nn.Module) -> Iterator[torch.nn.Module]:
         module.train(was_training)
 
 
-@torch.no_grad()
 def sample_images(generator: torch.nn.Module, noise: torch.Tensor) -> torch.Tensor:
     """uint8 [N, 28, 28] (CPU) from the generator in eval mode, on the device and dtype of its weights."""
-    weight = next(generator.parameters())
     with eval_mode(generator):
-        return to_uint8(generator(noise.to(weight.device, weight.dtype))[:, 0]).cpu()
+        return to_uint8(torch_sampler(generator)(noise)[:, 0]).cpu()
 
 
 def make_evaluator(config: TrainConfig, device: torch.device):
@@ -315,8 +314,6 @@ def make_evaluator(config: TrainConfig, device: torch.device):
 
 def evaluate_samples(evaluator, generator: torch.nn.Module, config: TrainConfig) -> dict[str, float]:
     """Sample-quality metrics of ``generator`` in eval mode, from the run seed's sample noise, as 'eval/<name>'."""
-    from gan.samplers import generate, torch_sampler
-
     start = time.perf_counter()
     with eval_mode(generator):
         images = generate(torch_sampler(generator), config.latent_dim, config.eval_samples, seed=config.seed)
