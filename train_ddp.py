@@ -7,6 +7,8 @@
 
 from __future__ import annotations
 
+import errno
+import os
 import sys
 
 from gan.checkpointing import CheckpointError
@@ -21,19 +23,32 @@ FAILURES = (
     (CheckpointError, "checkpoint error: ", 1),
     (NonFiniteLossError, "error: ", 1),
 )
+# File-system refusals (full disk, quota, read-only mount, permissions) while writing the run's files.
+WRITE_ERRORS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM)
 
 
 def main(argv: list[str] | None = None) -> int:
     config = parse_config(argv)
+    # Every process meets the same failure (the trainer agrees on them across processes): one per machine says it.
+    speaks = os.environ.get("LOCAL_RANK", "0") == "0"
     try:
         train(config)
     except PreemptedError as error:
-        print(f"train_ddp.py: {error}; continue with --resume latest", file=sys.stderr, flush=True)
+        if speaks:
+            print(f"train_ddp.py: {error}", file=sys.stderr, flush=True)
         return 128 + error.signum
     except tuple(kind for kind, _, _ in FAILURES) as error:
         prefix, status = next((p, s) for kind, p, s in FAILURES if isinstance(error, kind))
-        print(f"train_ddp.py: {prefix}{error}", file=sys.stderr, flush=True)
+        if speaks:
+            print(f"train_ddp.py: {prefix}{error}", file=sys.stderr, flush=True)
         return status
+    except OSError as error:
+        if error.errno not in WRITE_ERRORS:
+            raise
+        if speaks:
+            print(f"train_ddp.py: error: could not write {error.filename or 'a file'} ({error.strerror}); the "
+                  f"checkpoints written so far are intact", file=sys.stderr, flush=True)
+        return 1
     return 0
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import os
 import sys
 from typing import Any
 
@@ -33,6 +34,8 @@ def add_dataclass_flags(parser: argparse.ArgumentParser, cls: type, positional: 
     """
     sections = {key: parser.add_argument_group(title) for key, title in (groups or {}).items()}
     for spec in dataclasses.fields(cls):
+        if "help" not in spec.metadata:  # not a flag (e.g. a record of the command line)
+            continue
         kwargs = dict(spec.metadata)
         target = sections.get(kwargs.pop("group", None), parser)
         if spec.name in positional:
@@ -49,6 +52,8 @@ def add_dataclass_flags(parser: argparse.ArgumentParser, cls: type, positional: 
 
 def exit_with_problems(parser: argparse.ArgumentParser, problems: list[str]) -> None:
     """If there are problems, print the usage and every problem, then exit with status 2."""
+    if problems and os.environ.get("LOCAL_RANK", "0") != "0":
+        parser.exit(2)  # every process of a launch finds the same problems: the first one of each machine says them
     if problems:
         parser.print_usage(sys.stderr)
         listing = "\n".join(f"  - {p}" for p in problems)
@@ -60,6 +65,18 @@ def parse_validated(parser: argparse.ArgumentParser, cls: type, argv: list[str] 
     config = cls(**vars(parser.parse_args(argv)))
     exit_with_problems(parser, config.problems())
     return config
+
+
+def given_fields(parser: argparse.ArgumentParser, argv: list[str] | None = None) -> frozenset[str]:
+    """The fields the command line sets explicitly, whatever the value (a flag repeating its default counts)."""
+    defaults = [(action, action.default) for action in parser._actions]
+    try:
+        for action, _ in defaults:
+            action.default = argparse.SUPPRESS  # unset flags then leave no attribute at all
+        return frozenset(vars(parser.parse_args(argv)))
+    finally:
+        for action, default in defaults:
+            action.default = default
 
 
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):

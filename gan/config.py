@@ -4,11 +4,22 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import math
+import os
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
-from gan.cli import HelpFormatter, add_dataclass_flags, at_least_one, field_flag, flag_name, parse_validated
-from gan.data import SPLITS
+from gan.cli import (
+    HelpFormatter,
+    add_dataclass_flags,
+    at_least_one,
+    field_flag,
+    flag_name,
+    given_fields,
+    parse_validated,
+)
+from gan.data import SPLIT_SIZES, SPLITS
 
 MIXED_PRECISION = ("no", "fp16", "bf16")
 # The chapter's Adam is lr 2e-4, betas (0.5, 0.999) for both networks. These defaults replace it because they
@@ -18,6 +29,12 @@ LR_GENERATOR = 2e-3
 LR_DISCRIMINATOR = 4e-4
 BETA1 = 0.0
 BETA2 = 0.9
+# Upper bounds that keep a typo from allocating gigabytes or overflowing a library call late in the run.
+MAX_SEED = 2**63 - 1  # torch.manual_seed takes 64-bit seeds
+MAX_LATENT_DIM = 4096
+MAX_BASE_WIDTH = 512  # the discriminator's widest layer is 4x this: 2,048 channels
+MAX_DIST_TIMEOUT = 7 * 24 * 3600
+MAX_EVAL_SAMPLES = 100_000
 
 
 # --help lists the flags in these groups, in this order.
@@ -213,6 +230,9 @@ class TrainConfig:
     deterministic: bool = field(
         default=False, metadata=field_flag("use only deterministic kernels (slower on GPU)", group="devices")
     )
+    # The fields this launch's command line set explicitly (not a flag; not saved): a resume takes every
+    # other setting from the run.
+    given: frozenset[str] = field(default=frozenset(), compare=False, repr=False)
 
     def __post_init__(self) -> None:
         # per-network rates: their own flag, else --lr, else the measured defaults
@@ -235,6 +255,22 @@ class TrainConfig:
             "eval_samples",
         )
         found = at_least_one({name: getattr(self, name) for name in positive})
+        for name in ("lr", "lr_generator", "lr_discriminator", "beta1", "beta2", "real_label", "ema_decay"):
+            value = getattr(self, name)
+            if value is not None and math.isinf(value):
+                found.append(f"{flag_name(name)} must be finite, got {value}")
+        for name, bound in (("latent_dim", MAX_LATENT_DIM), ("base_width", MAX_BASE_WIDTH),
+                            ("dist_timeout", MAX_DIST_TIMEOUT), ("eval_samples", MAX_EVAL_SAMPLES)):
+            if getattr(self, name) > bound:
+                found.append(f"{flag_name(name)} must be at most {bound}, got {getattr(self, name)}")
+        if self.batch_size > SPLIT_SIZES[self.split]:
+            found.append(f"--batch-size {self.batch_size} is larger than the {self.split} split "
+                         f"({SPLIT_SIZES[self.split]} images); choose at most that, or a larger --split")
+        from gan.metrics import PRECISION_RECALL_K  # torchmetrics: imported only when checking this
+
+        if 1 <= self.eval_samples <= PRECISION_RECALL_K and self.eval_every != 0:
+            found.append(f"--eval-samples must be more than {PRECISION_RECALL_K} (precision/recall compare each "
+                         f"sample with its {PRECISION_RECALL_K} nearest neighbours), got {self.eval_samples}")
         if self.max_steps < 0:
             found.append(f"--max-steps must be 0 (no limit) or positive, got {self.max_steps}")
         for name in ("lr", "lr_generator", "lr_discriminator"):
@@ -253,8 +289,12 @@ class TrainConfig:
             found.append(f"--checkpoint-every must be 0 (once per epoch) or positive, got {self.checkpoint_every}")
         if not 0 <= self.ema_decay < 1:
             found.append(f"--ema-decay must be in [0, 1) (0 turns EMA off), got {self.ema_decay}")
-        if self.seed < 0:
-            found.append(f"--seed must be non-negative, got {self.seed}")
+        if not 0 <= self.seed <= MAX_SEED:
+            found.append(f"--seed must be between 0 and 2**63 - 1, got {self.seed}")
+        if Path(self.data_dir).exists() and not Path(self.data_dir).is_dir():
+            found.append(f"--data-dir {self.data_dir} is a file; give the folder that holds KMNIST/raw/")
+        if self.run_name is not None and len(os.fsencode(self.run_name)) > 255:
+            found.append(f"--run-name is {len(os.fsencode(self.run_name))} bytes long; file systems allow 255")
         if self.run_name is not None and (not self.run_name or "/" in self.run_name or self.run_name in (".", "..")):
             found.append(f"--run-name must be a plain folder name, got {self.run_name!r}")
         if self.dtype == "float64" and self.mixed_precision not in (None, "no"):
@@ -262,7 +302,10 @@ class TrainConfig:
         return found
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        """Every setting (what config.json records), without the record of this command line."""
+        values = dataclasses.asdict(self)
+        del values["given"]
+        return values
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -277,4 +320,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 def parse_config(argv: list[str] | None = None) -> TrainConfig:
     """Parse flags into a :class:`TrainConfig`; on any invalid value print every problem and exit with status 2."""
-    return parse_validated(build_parser(), TrainConfig, argv)
+    parser = build_parser()
+    config = parse_validated(parser, TrainConfig, argv)
+    return dataclasses.replace(config, given=given_fields(parser, argv))

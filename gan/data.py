@@ -20,6 +20,7 @@ from torchvision.datasets import KMNIST
 from torchvision.datasets.utils import calculate_md5, download_url
 
 SPLITS = ("train", "test", "all")
+SPLIT_SIZES = {"train": 60_000, "test": 10_000, "all": 70_000}
 IMAGE_SIZE = 28
 NUM_CLASSES = 10
 CLASS_NAMES = tuple(KMNIST.classes)
@@ -108,6 +109,9 @@ def ensure_files(
     paths = []
     for name in split_files(split):
         path = folder / name
+        if path.exists() and not path.is_file():
+            raise DataError(f"{path} is a folder, not the data file {name}; remove it (and put the file there, or "
+                            f"let it download without --no-download)")
         if not path.exists():
             if not download:
                 raise MissingDataError(path, split)

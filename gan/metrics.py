@@ -31,6 +31,7 @@ from gan.classifier import CLASSIFIER_WEIGHTS, EvaluationError, KMNISTClassifier
 from gan.data import NUM_CLASSES, load_kmnist, to_signed_unit
 
 CONFIDENCE_THRESHOLD = 0.9
+PRECISION_RECALL_K = 3  # neighbours per point in precision/recall: a set needs more samples than this
 QUALITY_METRICS = (
     "fid",
     "kid",
@@ -128,7 +129,8 @@ def kernel_distance(real: torch.Tensor, fake: torch.Tensor, subsets: int = 100, 
     return mean.item(), std.item()
 
 
-def precision_recall(real: torch.Tensor, fake: torch.Tensor, k: int = 3, chunk: int = 2048) -> tuple[float, float]:
+def precision_recall(real: torch.Tensor, fake: torch.Tensor, k: int = PRECISION_RECALL_K,
+                     chunk: int = 2048) -> tuple[float, float]:
     """Improved precision and recall (Kynkaanniemi et al. 2019) of feature sets [N, D] of equal size.
 
     Each point of a set stands for a ball reaching to its k-th nearest neighbour in that set. Precision: the
@@ -166,7 +168,8 @@ def class_metrics(probabilities: torch.Tensor) -> dict[str, float]:
     }
 
 
-def compare(real: Classified, fake: Classified, k: int = 3, kid_subsets: int = 100, seed: int = 0) -> dict[str, float]:
+def compare(real: Classified, fake: Classified, k: int = PRECISION_RECALL_K, kid_subsets: int = 100,
+            seed: int = 0) -> dict[str, float]:
     """Every metric of ``fake`` against ``real`` (keys: :data:`QUALITY_METRICS`).
 
     Precision/recall use equally many points of each set: a seeded random subset of the larger one.
@@ -204,7 +207,7 @@ class Evaluator:
         split: str = "test",
         device: str | torch.device = "cpu",
         classifier_path: str | os.PathLike = CLASSIFIER_WEIGHTS,
-        k: int = 3,
+        k: int = PRECISION_RECALL_K,
         kid_subsets: int = 100,
         seed: int = 0,
         batch_size: int = 1000,

@@ -3,6 +3,8 @@ offline W&B as the automatic fallback) and the console progress of the main proc
 
 from __future__ import annotations
 
+import json
+
 import netrc
 import os
 import secrets
@@ -113,11 +115,14 @@ class Tracker:
 
 
 def _loggable(config: dict[str, Any]) -> dict[str, Any]:
-    """Flatten one level (versions) and turn None into strings: what every tracker's config accepts."""
+    """Scalars only, what every tracker's config accepts: nested dicts flattened ('versions/torch'), lists (the
+    launches) as JSON text, None as 'none'."""
     flat: dict[str, Any] = {}
     for key, value in config.items():
         if isinstance(value, dict):
-            flat.update({f"{key}/{k}": v for k, v in value.items()})
+            flat.update(_loggable({f"{key}/{k}": v for k, v in value.items()}))
+        elif isinstance(value, (list, tuple)):
+            flat[key] = json.dumps(value)
         else:
             flat[key] = "none" if value is None else value
     return flat

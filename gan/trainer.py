@@ -18,9 +18,20 @@ from accelerate import Accelerator
 from accelerate.utils import broadcast_object_list
 
 from gan import pictures
-from gan.artifacts import CONFIG_FILE, GENERATOR_FILE, save_final_generators, versions
+from gan.artifacts import CONFIG_FILE, GENERATOR_FILE, ArtifactError, read_config, save_final_generators, versions
 from gan.atomic_write import write_json
-from gan.checkpointing import TrainerState, find_resume_checkpoint, restore, resumed_config, save_checkpoint
+from gan.checkpointing import (
+    ResumePlan,
+    TrainerState,
+    checkpoint_dirs,
+    find_resume,
+    is_finished,
+    remove_partial_checkpoints,
+    restore,
+    resume_command,
+    resumed_config,
+    save_checkpoint,
+)
 from gan.config import SetupError, TrainConfig
 from gan.cpu_kernels import enable_cpu_kernels
 from gan.data import DataError, KMNISTData, ShardedBatches, ensure_files, load_kmnist, to_uint8
@@ -28,6 +39,7 @@ from gan.devices import cpu_description, make_accelerator, resolve_for_device, s
 from gan.ema import GeneratorEMA
 from gan.models import Discriminator, Generator
 from gan.noise import GRID_SIZE, latent_noise, step_noise
+from gan.paths import output_dir_problem
 from gan.preemption import StopRequest
 from gan.samplers import generate, torch_sampler
 from gan.step import GAN, STEP_METRICS, skipped_steps, train_step
@@ -45,23 +57,24 @@ class PreemptedError(Exception):
     """The run stopped on SIGTERM/SIGINT after writing a checkpoint; ``--resume latest`` continues it."""
 
     def __init__(self, signum: int, checkpoint: Path):
-        super().__init__(f"stopped by signal {signum} after writing {checkpoint}")
+        run_dir = checkpoint.parent.parent
+        super().__init__(f"stopped by signal {signum} after writing {checkpoint}; {resume_command(run_dir)}")
         self.signum, self.checkpoint = signum, checkpoint
 
 
 def train(config: TrainConfig) -> TrainerState:
     """Train as ``config`` says, into ``<output_dir>/<run_name>/``; return the final counters."""
     # ---- set-up: the settings of this launch, the processes, the run folder, data, networks, reporting
-    resume_from = find_resume_checkpoint(config)
-    if resume_from is not None:
-        config = resumed_config(config, resume_from)
+    plan = find_resume(config)
+    if plan is not None:
+        config = resumed_config(config, plan)
     if config.deterministic:
         use_deterministic_algorithms()
     accelerator = make_accelerator(config)
     config = resolve_for_device(config, accelerator)
     set_tf32(config.tf32)
     main_process = accelerator.is_main_process
-    run_dir = new_run_dir(config, accelerator, resuming=resume_from is not None)
+    run_dir = new_run_dir(config, accelerator, plan)
     device, dtype = accelerator.device, getattr(torch, config.dtype)
 
     data = load_data(config, accelerator)
@@ -77,10 +90,10 @@ def train(config: TrainConfig) -> TrainerState:
     sampler = ema.model if ema is not None else generator  # what grids, evaluations and generator.safetensors show
     grid_noise = torch.from_numpy(latent_noise(config.seed, "grid", GRID_SIZE, config.latent_dim)).to(device, dtype)
     state, samples = TrainerState(), SampleRecord()
-    if resume_from is not None:
-        state, samples = resume_state(accelerator, resume_from, ema)
+    if plan is not None:
+        state, samples = resume_state(accelerator, plan, ema)
 
-    metadata = run_metadata(config, accelerator, run_dir, ema is not None)
+    metadata = run_metadata(config, accelerator, run_dir, ema is not None, plan, state.step)
     if main_process:
         write_json(run_dir / CONFIG_FILE, metadata)
     tracker = Tracker(accelerator, config.report_to, run_dir, config.wandb_project, config.wandb_entity,
@@ -88,13 +101,13 @@ def train(config: TrainConfig) -> TrainerState:
     state.wandb_run_id = tracker.run_id
     evaluator = make_evaluator(config, device) if eval_every and main_process else None
     progress = Progress(total_steps, main_process, config.log_every, done=state.step)
-    checkpointed_at = state.step if resume_from is not None else None
+    checkpointed_at = state.step if plan is not None and not plan.fork else None
 
     def checkpoint() -> Path:
         nonlocal checkpointed_at
         checkpointed_at = state.step
         tensors = {"fixed_noise": grid_noise.float(), **(ema.tensors() if ema else {}), **samples.tensors()}
-        return save_checkpoint(accelerator, run_dir, state, tensors, config.keep_checkpoints)
+        return save_checkpoint(accelerator, run_dir, state, tensors, metadata, config.keep_checkpoints)
 
     # ---- the loop: one D step and one G step per global batch, then what this step is due for
     stop = StopRequest()
@@ -171,21 +184,33 @@ def use_deterministic_algorithms() -> None:
     torch.backends.cudnn.benchmark = False
 
 
-def new_run_dir(config: TrainConfig, accelerator: Accelerator, resuming: bool) -> Path:
-    """The run folder, named the same on every process (the main process picks the timestamp).
+def new_run_dir(config: TrainConfig, accelerator: Accelerator, plan: ResumePlan | None) -> Path:
+    """The run folder, named the same on every process (the main process picks the timestamp), ready to write.
 
-    A fresh start refuses a folder that already holds a run; ``--resume auto`` restarts a run that died before
-    its first checkpoint from scratch, in the same folder.
+    A fresh start refuses a folder that holds a run with checkpoints or a finished one (nothing is overwritten)
+    and restarts, in place, a run that stopped before its first checkpoint (there is nothing to lose). The main
+    process decides and every process follows, so a refusal reaches them all.
     """
-    name = [config.run_name or datetime.now().strftime("%Y%m%d-%H%M%S")]
-    broadcast_object_list(name)
-    run_dir = Path(config.output_dir) / name[0]
-    if not resuming and config.resume != "auto" and accelerator.is_main_process and (run_dir / CONFIG_FILE).exists():
-        raise SetupError(f"  - {run_dir} already holds a run; choose another --run-name, or continue it with "
-                         f"--resume latest --run-name {run_dir.name}")
+    decision: list[Any] = [config.run_name or datetime.now().strftime("%Y%m%d-%H%M%S"), None]
     if accelerator.is_main_process:
-        run_dir.mkdir(parents=True, exist_ok=True)
-    return run_dir
+        run_dir = Path(config.output_dir) / decision[0]
+        decision[1] = output_dir_problem(run_dir, "--output-dir/--run-name")
+        if decision[1] is None and plan is None and (run_dir / CONFIG_FILE).exists():
+            if checkpoint_dirs(run_dir):
+                decision[1] = (f"{run_dir} already holds a run with checkpoints; choose another --run-name, or "
+                               f"{resume_command(run_dir)}")
+            elif is_finished(run_dir):
+                decision[1] = f"{run_dir} already holds a finished run; choose another --run-name"
+            else:
+                print(f"note: {run_dir} holds a run that stopped before its first checkpoint; starting it afresh",
+                      flush=True)
+        if decision[1] is None:
+            for stale in remove_partial_checkpoints(run_dir):
+                print(f"note: removed {stale}, a checkpoint left half-written by an earlier crash", flush=True)
+    broadcast_object_list(decision)
+    if decision[1] is not None:
+        raise SetupError(f"  - {decision[1]}")
+    return Path(config.output_dir) / decision[0]
 
 
 def load_data(config: TrainConfig, accelerator: Accelerator) -> KMNISTData:
@@ -226,9 +251,14 @@ def build_gan(config: TrainConfig, accelerator: Accelerator) -> GAN:
     return GAN(*accelerator.prepare(generator, discriminator, generator_optimizer, discriminator_optimizer))
 
 
-def run_metadata(config: TrainConfig, accelerator: Accelerator, run_dir: Path, ema: bool) -> dict[str, Any]:
-    """What config.json records: every (resolved) setting, the processes and devices, the library versions."""
-    return {
+def run_metadata(config: TrainConfig, accelerator: Accelerator, run_dir: Path, ema: bool, plan: ResumePlan | None,
+                 step: int) -> dict[str, Any]:
+    """What config.json records: every (resolved) setting, the processes and devices of each launch, where a
+    fork came from, the library versions."""
+    earlier = read_config_or_empty(plan.source_run) if plan is not None else {}
+    launch = {"from_step": step, "world_size": accelerator.num_processes, "device": accelerator.device.type,
+              "started": datetime.now().isoformat(timespec="seconds")}
+    metadata = {
         **config.to_dict(),
         "run_name": run_dir.name,
         "world_size": accelerator.num_processes,
@@ -236,19 +266,37 @@ def run_metadata(config: TrainConfig, accelerator: Accelerator, run_dir: Path, e
         "distributed_type": str(accelerator.distributed_type),
         "cpu": cpu_description(),
         "generator_weights": "ema" if ema else "trained",
+        "launches": [*earlier.get("launches", []), launch],
         "final_step": None,
         "versions": versions(),
     }
+    if plan is not None and plan.fork:
+        metadata["forked_from"] = {"run": str(plan.source_run), "step": step}
+    elif "forked_from" in earlier:
+        metadata["forked_from"] = earlier["forked_from"]
+    return metadata
 
 
-def resume_state(accelerator: Accelerator, resume_from: Path, ema: GeneratorEMA | None
+def read_config_or_empty(run_dir: Path) -> dict[str, Any]:
+    try:
+        return read_config(run_dir)
+    except ArtifactError:
+        return {}
+
+
+def resume_state(accelerator: Accelerator, plan: ResumePlan, ema: GeneratorEMA | None
                  ) -> tuple[TrainerState, SampleRecord]:
-    """Restore the checkpoint ``resume_from`` names into the prepared networks, optimizers and EMA."""
-    checkpoint_path, state, tensors = restore(accelerator, resume_from)
+    """Restore the checkpoint ``plan`` names into the prepared networks, optimizers and EMA."""
+    checkpoint_path, state, tensors = restore(accelerator, plan.source)
     if ema is not None:
         ema.load_tensors(tensors)
+    if plan.fork:
+        state.wandb_run_id = None  # a fork is a new W&B run
     if accelerator.is_main_process:
-        print(f"resumed from {checkpoint_path} at step {state.step}", flush=True)
+        if plan.reason:
+            print(plan.reason, flush=True)
+        into = f" into the new run {plan.run_dir} (a fork)" if plan.fork else ""
+        print(f"resumed from {checkpoint_path} at step {state.step}{into}", flush=True)
     return state, SampleRecord.from_tensors(tensors)
 
 
@@ -267,7 +315,8 @@ def check_finite(losses: dict[str, float], step: int) -> None:
     if not (math.isfinite(losses["d_loss"]) and math.isfinite(losses["g_loss"])):
         raise NonFiniteLossError(
             f"the loss became non-finite at step {step} (d_loss {losses['d_loss']}, g_loss {losses['g_loss']}); "
-            f"no checkpoint was written for it. Lower --lr, or resume from the last checkpoint with --resume latest."
+            f"no checkpoint was written for it. Resuming would diverge the same way: start a new run with a lower "
+            f"--lr (or --lr-generator / --lr-discriminator)."
         )
 
 

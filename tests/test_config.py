@@ -49,3 +49,38 @@ def test_help_lists_the_flags_in_groups(capsys):
     assert "--data-dir" in data_section and "--lr" not in data_section
     resume_section = out[out.find("\ncheckpoints and resume:\n") :]
     assert "--resume" in resume_section.split("\n\n")[0]
+
+
+@pytest.mark.parametrize(
+    ("argv", "expected"),
+    [
+        (["--seed", str(2**63)], "--seed must be between 0 and 2**63 - 1"),
+        (["--seed", "-1"], "--seed must be between 0 and 2**63 - 1"),
+        (["--latent-dim", "100000"], "--latent-dim must be at most 4096"),
+        (["--base-width", "100000"], "--base-width must be at most 512"),
+        (["--dist-timeout", str(10**12)], "--dist-timeout must be at most"),
+        (["--dist-timeout", "0"], "--dist-timeout must be at least 1"),
+        (["--split", "test", "--batch-size", "20000"], "--batch-size 20000 is larger than the test split (10000"),
+        (["--eval-samples", "3"], "--eval-samples must be more than 3"),
+        (["--eval-samples", "1000000"], "--eval-samples must be at most 100000"),
+        (["--lr", "inf"], "--lr must be finite"),
+        (["--lr", "nan"], "--lr must be positive, got nan"),
+        (["--ema-decay", "nan"], "--ema-decay must be in [0, 1)"),
+        (["--run-name", ".."], "--run-name must be a plain folder name"),
+    ],
+)
+def test_out_of_range_values_are_refused_at_parse_time(argv, expected, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        parse_config(argv)
+    assert exit_info.value.code == 2
+    assert expected in capsys.readouterr().err
+
+
+def test_eval_samples_below_k_are_fine_when_evaluation_is_off():
+    assert parse_config(["--eval-samples", "3", "--eval-every", "0"]).eval_samples == 3
+
+
+def test_the_flags_a_command_line_sets_are_known_whatever_their_values():
+    config = parse_config(["--seed", "0", "--lr=1e-3", "--no-sync-bn", "--max-st", "5"])  # a default, =, abbreviation
+    assert config.given == {"seed", "lr", "sync_bn", "max_steps"}
+    assert "given" not in config.to_dict()  # not a setting: config.json does not record it
