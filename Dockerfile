@@ -6,7 +6,8 @@
 #       -e WANDB_API_KEY -e WANDB_MODE=online kmnist-gan \
 #       --config_file launch/multi_gpu.yaml --num_processes 4 train_ddp.py --epochs 20 --run-name big
 #
-# The arguments of `docker run` replace CMD and go to `accelerate launch`: accelerate's own options first, then
+# The entry point (launch/docker-entrypoint.sh) runs `accelerate launch` and hands `docker stop`'s SIGTERM to the
+# trainers. The arguments of `docker run` replace CMD and go to `accelerate launch`: accelerate's own options first, then
 # train_ddp.py and its flags. Data and runs are volumes (/app/data and /app/runs, the trainer's default --data-dir and
 # --output-dir); the container runs as an unprivileged user whose uid (USER_ID, default 1000) must be able to write
 # both host folders (`docker build --build-arg USER_ID="$(id -u)"` makes it yours). W&B credentials and mode are
@@ -41,5 +42,5 @@ USER ${USER_ID}
 
 VOLUME ["/app/data", "/app/runs"]
 
-ENTRYPOINT ["accelerate", "launch"]
+ENTRYPOINT ["launch/docker-entrypoint.sh"]
 CMD ["train_ddp.py"]

@@ -1,7 +1,8 @@
 """Export a training run's generator to one verified ONNX file: ``python export.py [RUN_DIR] [--fp16]``.
 
-The logic lives in ``gan/export.py``; this file only parses, builds and runs. Exit status 1 (and a message
-naming the file and what to do) when a run file is missing or corrupt or a verification check fails.
+The logic lives in ``gan/export.py``; this file only parses, builds and runs. Exit status 2 for invalid flags
+or paths (all listed at once), 1 (and a message naming the file and what to do) when a run file is missing,
+corrupt or holds NaN/inf weights, a verification check fails or a file cannot be written.
 """
 
 from __future__ import annotations
@@ -18,6 +19,13 @@ def main(argv: list[str] | None = None) -> int:
         run_export(config)
     except (ArtifactError, ExportError) as error:
         print(f"export.py: error: {error}", file=sys.stderr)
+        return 1
+    except OSError as error:  # the paths were checked, but a disk can still fill up or go away while writing
+        print(
+            f"export.py: error: cannot write {error.filename or 'the exported files'} ({error.strerror or error}); "
+            f"no file was replaced. Free some space or choose another --output.",
+            file=sys.stderr,
+        )
         return 1
     return 0
 

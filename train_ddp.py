@@ -14,6 +14,7 @@ import sys
 from gan.checkpointing import CheckpointError
 from gan.config import SetupError, parse_config
 from gan.data import DataError
+from gan.preemption import follow_launcher
 from gan.trainer import NonFiniteLossError, PreemptedError, train
 
 # What each expected failure prints (after "train_ddp.py: ") and its exit status; anything else is a bug: traceback.
@@ -28,6 +29,7 @@ WRITE_ERRORS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPE
 
 
 def main(argv: list[str] | None = None) -> int:
+    follow_launcher()  # a SIGTERM that kills accelerate's one-process launcher reaches this process too
     config = parse_config(argv)
     # Every process meets the same failure (the trainer agrees on them across processes): one per machine says it.
     speaks = os.environ.get("LOCAL_RANK", "0") == "0"

@@ -4,9 +4,12 @@
 
 The literal port (benchmarks/literal_port.py) is timed over ``--steps`` batches after ``--warmup`` untimed ones.
 Each project variant is ``train_ddp.py`` itself, run as a subprocess with its flags for ``warmup + steps`` steps on
-the same data (the 10,000-image test split), batch 128; its throughput comes from the per-step times it logs to
-``metrics.csv`` (a step's time covers drawing the batch, both updates, the metric all-reduce and the EMA update;
-start-up, sample grids, evaluations and checkpoints are excluded, as the literal port's start-up is). Variants run
+the same data (the 10,000-image test split), batch 128; its throughput comes from the rates it logs to
+``metrics.csv``. The trainer reads the device only at sync points (every ``--log-every`` steps, set here to
+``--warmup``), and each step's rate is its window's: the window's images over the time from the end of the last
+sync point to the end of this one (drawing batches, both updates, the EMA update, the metrics' all-reduce and the
+wait for the device; start-up, evaluations and checkpoints are excluded, as the literal port's start-up is). The
+first window is the warm-up, where ``--compile`` compiles. Variants run
 one after another, interleaved over ``--repeats``. Prints the CPU (model, PyTorch capability, vector flags) or GPU,
 then each variant's best images/s, its ratio to the reference's best, and the range and median of the per-repeat
 ratios. The reference is the literal port, or, when it is not among ``--variants``, the first variant (an A/B).
@@ -44,11 +47,15 @@ VARIANTS: dict[str, list[str] | None] = {
     "project-channels-last": ["--mixed-precision", "no", "--channels-last"],
     "project-bf16-channels-last": ["--mixed-precision", "bf16", "--channels-last"],
     "project-fp16-channels-last": ["--mixed-precision", "fp16", "--channels-last"],
+    "project-compile": ["--mixed-precision", "no", "--compile"],
+    "project-bf16-compile": ["--mixed-precision", "bf16", "--compile"],
+    "project-fp16-compile": ["--mixed-precision", "fp16", "--compile"],
 }
 CPU_VARIANTS = ["literal", "project", "project-bf16", "project-no-cpu-kernels", "project-bf16-no-cpu-kernels",
                 "project-no-channels-last", "project-bf16-no-channels-last"]
 GPU_VARIANTS = ["literal", "project", "project-bf16", "project-fp16", "project-channels-last",
-                "project-bf16-channels-last", "project-fp16-channels-last"]
+                "project-bf16-channels-last", "project-fp16-channels-last", "project-compile",
+                "project-bf16-compile", "project-fp16-compile"]
 DESCRIPTIONS = {
     "literal": "the chapter's loop: per-item PIL/ToTensor transform, DataLoader(128, shuffle), Sigmoid+BCELoss, fp32",
 }
@@ -78,7 +85,7 @@ def project_run(data_dir: str, warmup: int, steps: int, flags: list[str]) -> flo
         command = [
             sys.executable, str(ROOT / "train_ddp.py"), "--data-dir", data_dir, "--split", "test", "--no-download",
             "--max-steps", str(warmup + steps), "--output-dir", out, "--run-name", "bench", "--report-to", "none",
-            "--eval-every", "0", "--log-every", str(warmup + steps), *flags,
+            "--eval-every", "0", "--log-every", str(warmup), *flags,
         ]
         done = subprocess.run(command, capture_output=True, text=True, cwd=ROOT)
         if done.returncode != 0:
@@ -112,7 +119,7 @@ def main() -> None:
     parser.add_argument("--data-dir", default=str(ROOT.parent / "shared" / "data"))
     parser.add_argument("--steps", type=int, default=60, help="timed steps per variant")
     parser.add_argument(
-        "--warmup", type=int, default=10, help="untimed steps first (compilation happens here)"
+        "--warmup", type=int, default=10, help="untimed steps first, at least 1 (compilation happens here)"
     )
     parser.add_argument("--variants", nargs="+", choices=list(VARIANTS),
                         help="default: the CPU or the GPU set, whichever this machine trains on")

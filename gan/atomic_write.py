@@ -18,7 +18,7 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp = path.with_name(f".{path.name[:200]}.{os.getpid()}.tmp")  # within the file system's 255-byte names
     try:
         yield tmp
         os.replace(tmp, path)

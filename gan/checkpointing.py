@@ -52,7 +52,8 @@ _PARTIAL = re.compile(r"^\.step_\d+\.partial$")
 # Every other setting defines the run and comes from it.
 RESUME_CHANGEABLE = ("epochs", "max_steps", "checkpoint_every", "keep_checkpoints", "log_every", "eval_every",
                      "eval_samples", "report_to", "wandb_project", "wandb_entity", "wandb_mode", "dist_timeout",
-                     "data_dir", "no_download", "cpu", "channels_last", "cpu_kernels", "sync_bn", "deterministic")
+                     "data_dir", "no_download", "cpu", "channels_last", "cpu_kernels", "sync_bn", "deterministic",
+                     "compile", "dist_backend")
 # Chosen for this launch's devices and processes (gan.devices.resolve_for_device) unless this launch sets them:
 # a 1-process run resumed on 2 processes synchronizes its BatchNorm.
 RESOLVED_PER_LAUNCH = ("channels_last", "cpu_kernels", "sync_bn")

@@ -25,12 +25,16 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from gan.atomic_write import atomic_path, write_json
-from gan.cli import at_least_one
+from gan.cli import at_least_one, flag_name
 from gan.data import NUM_CLASSES, to_signed_unit
+from gan.noise import seed_problem
 
 ASSETS = Path(__file__).resolve().parent / "assets"
 CLASSIFIER_WEIGHTS = ASSETS / "kmnist_classifier.safetensors"
 RECORD_SUFFIX = ".json"  # the record sits next to the weights: kmnist_classifier.json
+# Typo guards: the widest layers are 4 x width channels and a (36 x width, feature_dim) matrix; these bounds keep
+# the classifier within a few hundred MB.
+MAX_WIDTH, MAX_FEATURE_DIM = 512, 1024
 
 
 class EvaluationError(RuntimeError):
@@ -129,13 +133,14 @@ class ClassifierTraining:
         if not 0 < self.holdout_fraction < 1:
             found.append(f"--holdout-fraction must be in (0, 1), got {self.holdout_fraction}")
         found += at_least_one({name: getattr(self, name) for name in ("epochs", "batch_size", "width", "feature_dim")})
-        if not self.lr > 0:
-            found.append(f"--lr must be positive, got {self.lr}")
-        if self.weight_decay < 0:
-            found.append(f"--weight-decay must be non-negative, got {self.weight_decay}")
-        if self.seed < 0:
-            found.append(f"--seed must be non-negative, got {self.seed}")
-        return found
+        for name, bound in (("width", MAX_WIDTH), ("feature_dim", MAX_FEATURE_DIM)):
+            if getattr(self, name) > bound:
+                found.append(f"{flag_name(name)} must be at most {bound}, got {getattr(self, name)}")
+        if not 0 < self.lr < math.inf:
+            found.append(f"--lr must be positive and finite, got {self.lr}")
+        if not 0 <= self.weight_decay < math.inf:  # NaN fails too: it would train NaN weights without a word
+            found.append(f"--weight-decay must be non-negative and finite, got {self.weight_decay}")
+        return found + [problem for problem in [seed_problem(self.seed)] if problem]
 
 
 def train_classifier(

@@ -20,6 +20,7 @@ from gan.cli import (
     parse_validated,
 )
 from gan.data import SPLIT_SIZES, SPLITS
+from gan.noise import seed_problem
 
 MIXED_PRECISION = ("no", "fp16", "bf16")
 # The chapter's Adam is lr 2e-4, betas (0.5, 0.999) for both networks. These defaults replace it because they
@@ -30,7 +31,6 @@ LR_DISCRIMINATOR = 4e-4
 BETA1 = 0.0
 BETA2 = 0.9
 # Upper bounds that keep a typo from allocating gigabytes or overflowing a library call late in the run.
-MAX_SEED = 2**63 - 1  # torch.manual_seed takes 64-bit seeds
 MAX_LATENT_DIM = 4096
 MAX_BASE_WIDTH = 512  # the discriminator's widest layer is 4x this: 2,048 channels
 MAX_DIST_TIMEOUT = 7 * 24 * 3600
@@ -161,6 +161,14 @@ class TrainConfig:
             group="devices",
         ),
     )
+    compile: bool = field(
+        default=False,
+        metadata=field_flag(
+            "torch.compile both networks (inductor): the same model, run by generated fused kernels; the first "
+            "steps compile (seconds to a minute). Off by default: slower on the measured CPUs (docs/training-speed.md)",
+            group="devices",
+        ),
+    )
     cpu: bool = field(
         default=False,
         metadata=field_flag("train on CPU even where a GPU exists (gloo across processes)", group="devices"),
@@ -181,7 +189,12 @@ class TrainConfig:
     )
     sample_every: int = field(default=50, metadata=field_flag("steps between fixed-noise sample grids", group="run"))
     log_every: int = field(
-        default=50, metadata=field_flag("steps between plain log lines when stdout is not a terminal", group="run")
+        default=50,
+        metadata=field_flag(
+            "steps between sync points, where the steps' losses are read from the device, checked, logged and a "
+            "stop request (SIGTERM) is agreed; also between plain log lines when stdout is not a terminal",
+            group="run",
+        ),
     )
     report_to: str = field(
         default="wandb",
@@ -226,6 +239,15 @@ class TrainConfig:
     dist_timeout: int = field(
         default=600,
         metadata=field_flag("seconds a process waits for the others in a collective before failing", group="devices"),
+    )
+    dist_backend: str | None = field(
+        default=None,
+        metadata=field_flag(
+            "torch.distributed backend (default: nccl on GPUs, gloo on CPU). gloo on GPUs also lets several "
+            "processes share one GPU (for checks on a one-GPU machine; slow)",
+            choices=("nccl", "gloo"),
+            group="devices",
+        ),
     )
     deterministic: bool = field(
         default=False, metadata=field_flag("use only deterministic kernels (slower on GPU)", group="devices")
@@ -289,8 +311,8 @@ class TrainConfig:
             found.append(f"--checkpoint-every must be 0 (once per epoch) or positive, got {self.checkpoint_every}")
         if not 0 <= self.ema_decay < 1:
             found.append(f"--ema-decay must be in [0, 1) (0 turns EMA off), got {self.ema_decay}")
-        if not 0 <= self.seed <= MAX_SEED:
-            found.append(f"--seed must be between 0 and 2**63 - 1, got {self.seed}")
+        if (problem := seed_problem(self.seed)) is not None:
+            found.append(problem)
         if Path(self.data_dir).exists() and not Path(self.data_dir).is_dir():
             found.append(f"--data-dir {self.data_dir} is a file; give the folder that holds KMNIST/raw/")
         if self.run_name is not None and len(os.fsencode(self.run_name)) > 255:

@@ -38,7 +38,9 @@ def make_accelerator(config: TrainConfig) -> Accelerator:
     warnings.filterwarnings("ignore", message=".*`broadcast_buffers` is deprecated", category=FutureWarning)
     ddp = DistributedDataParallelKwargs(broadcast_buffers=False)
     # A dead peer makes the others fail after dist_timeout instead of hanging (torchrun then restarts the group).
-    process_group = InitProcessGroupKwargs(timeout=timedelta(seconds=config.dist_timeout))
+    # accelerate passes on only what differs from its defaults (backend "nccl"), so None keeps its own choice
+    process_group = InitProcessGroupKwargs(backend=config.dist_backend or "nccl",
+                                           timeout=timedelta(seconds=config.dist_timeout))
     # CPU: --cpu, a launch config with use_cpu (accelerate launch passes it on as ACCELERATE_USE_CPU), or no CUDA.
     cpu = config.cpu or parse_flag_from_env("ACCELERATE_USE_CPU") or not torch.cuda.is_available()
     return Accelerator(cpu=cpu, mixed_precision=config.mixed_precision, kwargs_handlers=[ddp, process_group])
@@ -90,13 +92,16 @@ def setup_problems(config: TrainConfig, accelerator: Accelerator) -> list[str]:
             f"(e.g. {config.batch_size - config.batch_size % accelerator.num_processes or accelerator.num_processes})"
         )
     local_processes = int(os.environ.get("LOCAL_WORLD_SIZE", 1))  # set by every torch.distributed launcher
-    if accelerator.device.type == "cuda" and local_processes > torch.cuda.device_count():
+    gloo = config.dist_backend == "gloo"
+    if accelerator.device.type == "cuda" and local_processes > torch.cuda.device_count() and not gloo:
         gpus = torch.cuda.device_count()
         problems.append(
             f"{local_processes} processes on this machine but {gpus} GPU(s): two processes would share a GPU, "
             f"which NCCL refuses. Pass --num_processes {gpus} (per machine), or train on CPU with "
-            f"--config_file launch/cpu_multi_process.yaml"
+            f"--config_file launch/cpu_multi_process.yaml (or share the GPU over gloo: --dist-backend gloo)"
         )
+    if config.dist_backend == "nccl" and accelerator.device.type != "cuda":
+        problems.append(f"--dist-backend nccl needs CUDA GPUs; this launch trains on {accelerator.device.type}")
     if accelerator.mixed_precision == "fp16" and accelerator.device.type == "cpu":
         problems.append(
             "--mixed-precision fp16 needs a GPU (loss-scaled fp16 autocast); on CPU use --mixed-precision bf16"

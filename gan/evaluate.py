@@ -30,19 +30,26 @@ from gan.classifier import (
     CLASSIFIER_WEIGHTS,
     ClassifierTraining,
     EvaluationError,
+    holdout_split,
     record_path,
     save_classifier,
     train_classifier,
 )
 from gan.cli import HelpFormatter, add_dataclass_flags, at_least_one, exit_with_problems, flag_name
-from gan.data import SPLITS, DataError, MissingDataError, load_kmnist
-from gan.metrics import CONFIDENCE_THRESHOLD, QUALITY_METRICS, Evaluator
+from gan.config import MAX_EVAL_SAMPLES
+from gan.data import SPLIT_SIZES, SPLITS, DataError, MissingDataError, load_kmnist
+from gan.metrics import CONFIDENCE_THRESHOLD, PRECISION_RECALL_K, QUALITY_METRICS, Evaluator
+from gan.noise import seed_problem
+from gan.paths import input_file_problem, output_file_problem
 from gan.samplers import generate, open_generator
 
 TRAIN_COMMAND = "train-classifier"
+SOURCE = "RUN_DIR|MODEL.onnx"
 HIGHER_IS_BETTER = {"fid": False, "kid": False, "kid_std": None}  # the rest: higher is better
 # Without flags and without a run config.json: the reference of the shipped classifier's record.
 FALLBACK_REFERENCE = {"data_dir": "data", "split": "test"}
+# A typo guard: each KID subset takes about 0.15 s on 2 CPU cores, and the real floor computes KID again.
+MAX_KID_SUBSETS = 1000
 
 
 def build_evaluate_parser() -> argparse.ArgumentParser:
@@ -52,8 +59,10 @@ def build_evaluate_parser() -> argparse.ArgumentParser:
         f"feature space. (`python -m gan.evaluate {TRAIN_COMMAND} --help`: remake that classifier.)",
         formatter_class=HelpFormatter,
     )
-    parser.add_argument("source", metavar="RUN_DIR|MODEL.onnx", help="a training run folder or an exported model")
-    parser.add_argument("--n", type=int, default=10_000, help="number of samples to generate")
+    parser.add_argument("source", metavar=SOURCE, help="a training run folder or an exported model")
+    parser.add_argument(
+        "--n", type=int, default=10_000, help=f"number of samples to make: more than --k, at most {MAX_EVAL_SAMPLES}"
+    )
     parser.add_argument(
         "--data-dir",
         default=None,
@@ -68,8 +77,12 @@ def build_evaluate_parser() -> argparse.ArgumentParser:
         f"else '{FALLBACK_REFERENCE['split']}'",
     )
     parser.add_argument("--seed", type=int, default=0, help="seeds the noise, KID subsets and the real halves")
-    parser.add_argument("--k", type=int, default=3, help="neighbours that set the precision/recall radii")
-    parser.add_argument("--kid-subsets", type=int, default=100, help="random subsets KID averages over")
+    parser.add_argument(
+        "--k", type=int, default=PRECISION_RECALL_K, help="neighbours that set the precision/recall radii"
+    )
+    parser.add_argument(
+        "--kid-subsets", type=int, default=100, help=f"random subsets KID averages over (at most {MAX_KID_SUBSETS})"
+    )
     parser.add_argument("--batch-size", type=int, default=1000, help="images per generator/classifier call")
     parser.add_argument("--classifier", default=str(CLASSIFIER_WEIGHTS), help="classifier weights (.safetensors)")
     parser.add_argument(
@@ -170,11 +183,42 @@ def advice_for_missing_data(note: str = "") -> Iterator[None]:
 # ------------------------------------------------------------------------------------------------------------
 
 
+def device_problem(device: str) -> str | None:
+    """Can torch use ``device`` here? Tried for real: a typo, a missing GPU and a wrong GPU index all fail."""
+    try:
+        torch.empty(0, device=device)
+    except (RuntimeError, NotImplementedError) as error:
+        return (
+            f"--device {device!r} cannot be used here ({str(error).splitlines()[0]}); use --device cpu, or "
+            f"cuda / cuda:N with a visible GPU"
+        )
+    return None
+
+
+def training_problems(args: argparse.Namespace, settings: ClassifierTraining) -> list[str]:
+    """Every problem with train-classifier's flags and paths, as flag-named sentences."""
+    found = settings.problems()
+    if not found:  # the held-out rule on the split's size: neither part may be empty
+        train, held_out = holdout_split(SPLIT_SIZES[args.split], settings.holdout_fraction, settings.seed)
+        if not (len(train) and len(held_out)):
+            found.append(
+                f"--holdout-fraction {settings.holdout_fraction} holds out {len(held_out)} of the "
+                f"{SPLIT_SIZES[args.split]} '{args.split}' images; choose one that leaves images on both sides"
+            )
+    out = Path(args.out)
+    if out.suffix != ".safetensors":
+        found.append(f"--out must name a .safetensors file (its .json record goes beside it), got {args.out!r}")
+    else:
+        problem = output_file_problem(out, "--out") or output_file_problem(record_path(out), "--out")
+        found += [problem] if problem else []
+    return found + [problem for problem in [device_problem(args.device)] if problem]
+
+
 def run_training(argv: list[str]) -> int:
     parser = build_train_parser()
     args = parser.parse_args(argv)
     settings = ClassifierTraining(**{f.name: getattr(args, f.name) for f in dataclasses.fields(ClassifierTraining)})
-    exit_with_problems(parser, settings.problems())
+    exit_with_problems(parser, training_problems(args, settings))
     with advice_for_missing_data():
         data = load_kmnist(args.data_dir, args.split, download=False)
     held_out = f"{settings.holdout_fraction:.0%} held out"
@@ -207,13 +251,36 @@ def run_training(argv: list[str]) -> int:
     return 0
 
 
+def source_problem(source: Path) -> str | None:
+    """Is ``source`` an .onnx file or a folder (whose run files are checked when loaded)? The problem, or None."""
+    if source.suffix == ".onnx":
+        return input_file_problem(source, SOURCE, ".onnx file")
+    if not source.is_dir():
+        what = "is a file" if source.exists() else "does not exist"
+        return f"{SOURCE} {source} {what}; give a training run folder or an .onnx file written by export.py"
+    return None
+
+
+def evaluation_problems(args: argparse.Namespace) -> list[str]:
+    """Every problem with the evaluation's flags and paths, as flag-named sentences; the paths are tried for real."""
+    found = at_least_one({"n": args.n, "k": args.k, "kid_subsets": args.kid_subsets, "batch_size": args.batch_size})
+    if 1 <= args.n <= args.k:
+        found.append(f"--n must exceed --k ({args.k}) to estimate precision and recall, got {args.n}")
+    for name, bound in (("n", MAX_EVAL_SAMPLES), ("kid_subsets", MAX_KID_SUBSETS)):
+        if getattr(args, name) > bound:
+            found.append(f"{flag_name(name)} must be at most {bound}, got {getattr(args, name)}")
+    source = source_problem(Path(args.source))
+    classifier = input_file_problem(args.classifier, "--classifier", "classifier's .safetensors")
+    checks = [seed_problem(args.seed), source, classifier]
+    if args.json_path or source is None:  # the default lies in or beside the source: not where there is none
+        checks.append(output_file_problem(results_path(args), "--json"))
+    return found + [problem for problem in (*checks, device_problem(args.device)) if problem]
+
+
 def run_evaluation(argv: list[str]) -> int:
     parser = build_evaluate_parser()
     args = parser.parse_args(argv)
-    problems = at_least_one({"n": args.n, "k": args.k, "kid_subsets": args.kid_subsets, "batch_size": args.batch_size})
-    if args.n <= args.k:
-        problems.append(f"--n must exceed --k ({args.k}) to estimate precision and recall, got {args.n}")
-    exit_with_problems(parser, problems)
+    exit_with_problems(parser, evaluation_problems(args))
 
     source = Path(args.source)
     seconds: dict[str, float] = {}
@@ -249,7 +316,7 @@ def run_evaluation(argv: list[str]) -> int:
     print(format_table(metrics, floor))
     print("seconds: " + ", ".join(f"{name} {value:.1f}" for name, value in seconds.items()))
 
-    json_path = Path(args.json_path) if args.json_path else default_json_path(source, kind)
+    json_path = results_path(args)
     record = evaluator.classifier_record
     payload: dict[str, Any] = {
         "source": str(args.source),
@@ -279,8 +346,12 @@ def run_evaluation(argv: list[str]) -> int:
     return 0
 
 
-def default_json_path(source: Path, kind: str) -> Path:
-    return source / "evaluation.json" if kind == "pytorch" else source.with_suffix(".evaluation.json")
+def results_path(args: argparse.Namespace) -> Path:
+    """--json, else RUN_DIR/evaluation.json or MODEL.evaluation.json (an .onnx source is an ONNX model)."""
+    source = Path(args.source)
+    if args.json_path:
+        return Path(args.json_path)
+    return source.with_suffix(".evaluation.json") if source.suffix == ".onnx" else source / "evaluation.json"
 
 
 def format_table(metrics: dict[str, float], floor: dict[str, float]) -> str:

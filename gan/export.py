@@ -4,7 +4,8 @@ The file's interface is the contract with other applications (``gan/onnx_generat
 ``examples/web``): input ``z`` float32 [batch, latent_dim], output ``images`` float32 [batch, 1, 28, 28] in
 [-1, 1], the run's provenance in ``metadata_props``. Verification never trusts the exporter: it loads the
 saved file back, runs ``onnx.checker`` with ``full_check=True`` and compares a fresh onnxruntime session with
-the PyTorch generator.
+the PyTorch generator. The files are written and verified under temporary names and take their final names
+only when every check has passed, so a failed export leaves an earlier good one as it was.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from __future__ import annotations
 import argparse
 import copy
 import json
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -29,10 +31,13 @@ from gan.cli import add_dataclass_flags, parse_validated
 from gan.models import IMAGE_SHAPE, Generator
 from gan.noise import latent_noise
 from gan.onnx_generator import BATCH_AXIS, INPUT_NAME, OUTPUT_NAME, open_session
+from gan.paths import output_file_problem
 
 DATASET = "Kuzushiji-MNIST"
 OUTPUT_RANGE = (-1, 1)
 REPORT_FILE = "export_report.json"
+# A failed verification's report: beside, not over, the report of the files that are still there.
+FAILED_REPORT_FILE = "export_report.failed.json"
 MODEL_FILE = "generator.onnx"
 EXAMPLE_BATCH = 2  # >= 2: an example batch of 1 lets the exporter specialise the batch axis to the constant 1
 VERIFY_BATCHES = (1, 7, 64, 1000)
@@ -76,7 +81,11 @@ class ExportConfig:
     )
 
     def problems(self) -> list[str]:
-        """Everything wrong with the values, as flag-named sentences (empty when all is well)."""
+        """Everything wrong with the values and paths, as flag-named sentences (empty when all is well).
+
+        The files to write are tried for real where they are known before the newest run is looked up: with
+        RUN_DIR, or with --output.
+        """
         found = []
         newest_opset = onnx.defs.onnx_opset_version()
         if self.opset is not None and not MIN_OPSET <= self.opset <= newest_opset:
@@ -86,7 +95,29 @@ class ExportConfig:
             )
         if self.output is not None and not self.output.endswith(".onnx"):
             found.append(f"--output must name a .onnx file, got {self.output!r}")
-        return found
+            return found
+        if self.run_dir is None and not Path(self.runs_dir).is_dir():
+            found.append(
+                f"--runs-dir {self.runs_dir} is not a folder, so there is no newest run to export; pass the run "
+                f"folder (python export.py RUN_DIR) or the folder that holds the runs"
+            )
+        run_dir = Path(self.run_dir) if self.run_dir is not None else None
+        problem = run_dir_problem(run_dir) if run_dir is not None else None
+        return found + ([problem] if problem else self.output_problems(run_dir))
+
+    def outputs(self, run_dir: Path | None) -> list[tuple[Path, str]]:
+        """(path, precision) of each model file to write: --output, else in ``run_dir`` (none while it is unknown)."""
+        if self.output is None and run_dir is None:
+            return []
+        output = Path(self.output) if self.output is not None else run_dir / MODEL_FILE
+        return [(output, "fp32")] + ([(fp16_path(output), "fp16")] if self.fp16 else [])
+
+    def output_problems(self, run_dir: Path | None) -> list[str]:
+        """A sentence for each file this export would write that cannot be written (the reports need ``run_dir``)."""
+        files = [(path, "--output") for path, _ in self.outputs(run_dir)]
+        if self.verify and run_dir is not None:
+            files += [(run_dir / name, "RUN_DIR") for name in (REPORT_FILE, FAILED_REPORT_FILE)]
+        return [problem for path, flag in files if (problem := output_file_problem(path, flag))]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -101,6 +132,29 @@ def build_parser() -> argparse.ArgumentParser:
 def parse_export_config(argv: list[str] | None = None) -> ExportConfig:
     """Parse flags into an :class:`ExportConfig`; on invalid values print every problem and exit with 2."""
     return parse_validated(build_parser(), ExportConfig, argv)
+
+
+def run_dir_problem(run_dir: Path) -> str | None:
+    """Why ``run_dir`` cannot be a run folder (missing, or a file), or None."""
+    if run_dir.is_dir():
+        return None
+    what = "it is a file" if run_dir.exists() else "it does not exist"
+    return (
+        f"RUN_DIR {run_dir} is not a folder ({what}). Pass the folder of a finished training run (it holds "
+        f"{CONFIG_FILE} and {GENERATOR_FILE}), e.g. python export.py runs/<run-name>."
+    )
+
+
+def non_finite_problem(generator: Generator, source: Path) -> str | None:
+    """Which weights and BatchNorm statistics of ``generator`` (loaded from ``source``) hold NaN/inf, or None."""
+    names = [name for name, t in generator.state_dict().items() if t.is_floating_point() and not t.isfinite().all()]
+    if not names:
+        return None
+    shown = ", ".join(names[:5]) + (", ..." if len(names) > 5 else "")
+    return (
+        f"{source}: {len(names)} tensors hold NaN/inf ({shown}); the run diverged and its model would draw only "
+        f"NaN. Export another run, or retrain (python train_ddp.py ..., with a lower --lr)."
+    )
 
 
 def newest_run(runs_dir: str | Path) -> Path:
@@ -201,36 +255,40 @@ def export_onnx(
     )
     program.model.metadata_props.update(metadata)
     # One file: the default external-data layout writes weights to a separate .data file that web/mobile apps
-    # handle badly (the generator is ~1 MB, far below protobuf's 2 GB limit).
-    with atomic_path(path) as tmp:
-        program.save(tmp, external_data=False)
+    # handle badly (the generator is ~1 MB, far below protobuf's 2 GB limit). Written as named:
+    # run_export gives a temporary name and renames it once verified.
+    program.save(path, external_data=False)
 
 
 def _io_description(node: ort.NodeArg) -> dict[str, Any]:
     return {"name": node.name, "dtype": node.type, "shape": list(node.shape)}
 
 
-def verify_onnx(path: Path, generator: Generator, precision: str = "fp32") -> dict[str, Any]:
+def verify_onnx(
+    path: Path, generator: Generator, precision: str = "fp32", final_path: Path | None = None
+) -> dict[str, Any]:
     """Check the saved file and compare a fresh onnxruntime session with ``generator`` (fp32 PyTorch).
 
     Returns a JSON-ready report whose ``failures`` list says what failed (empty when all passed). A file that
-    cannot be checked or loaded at all is an :class:`ExportError`.
+    cannot be checked or loaded at all is an :class:`ExportError`. ``final_path``: the name the report and the
+    messages give a file verified under a temporary name.
     """
     tolerance = TOLERANCE[precision]
     latent_dim = generator.latent_dim
+    name = final_path or path
     failures: list[str] = []
     try:
         onnx.checker.check_model(str(path), full_check=True)  # a path, not a proto: the check reads the file itself
     except Exception as error:  # ValidationError, InferenceError, or a protobuf DecodeError for a corrupt file
         raise ExportError(
-            f"{path} fails onnx.checker.check_model(full_check=True): {type(error).__name__}: {error}. The "
+            f"{name} fails onnx.checker.check_model(full_check=True): {type(error).__name__}: {error}. The "
             f"file is corrupt or the export is broken; re-export it with "
-            f"`python export.py RUN_DIR --output {path}`."
+            f"`python export.py RUN_DIR --output {name}`."
         ) from None
     try:
         session = open_session(path, intra_op_threads=0)
-    except RuntimeError as error:
-        raise ExportError(str(error)) from None
+    except RuntimeError as error:  # its message names the temporary file: name the one the user asked for
+        raise ExportError(str(error).replace(str(path), str(name))) from None
 
     expected_input = {"name": INPUT_NAME, "dtype": "tensor(float)", "shape": [BATCH_AXIS, latent_dim]}
     expected_output = {"name": OUTPUT_NAME, "dtype": "tensor(float)", "shape": [BATCH_AXIS, *IMAGE_SHAPE]}
@@ -273,7 +331,7 @@ def verify_onnx(path: Path, generator: Generator, precision: str = "fp32") -> di
 
     model = onnx.load(str(path))
     return {
-        "model": str(path),
+        "model": str(name),
         "precision": precision,
         "bytes": path.stat().st_size,
         "opset": next(op.version for op in model.opset_import if op.domain in ("", "ai.onnx")),
@@ -307,40 +365,64 @@ def fp16_path(path: Path) -> Path:
 
 
 def run_export(config: ExportConfig) -> dict[str, Any]:
-    """Export (and unless ``config.verify`` is off, verify) the run; :class:`ExportError` on any failure."""
-    run_dir = Path(config.run_dir) if config.run_dir is not None else newest_run(config.runs_dir)
-    if not run_dir.is_dir():
-        raise ExportError(
-            f"{run_dir} is not a folder. Pass the folder of a finished training run (it holds {CONFIG_FILE} "
-            f"and {GENERATOR_FILE}), e.g. python export.py runs/<run-name>."
-        )
-    generator, run_config = load_generator(run_dir)  # ArtifactError names a missing/corrupt file
-    output = Path(config.output) if config.output is not None else run_dir / MODEL_FILE
-    targets = [(output, "fp32")] + ([(fp16_path(output), "fp16")] if config.fp16 else [])
-    for path, precision in targets:
-        export_onnx(generator, path, model_metadata(run_config, precision), config.opset, precision)
-        print(f"wrote {path} ({precision}, {path.stat().st_size / 1e6:.2f} MB)")
-    summary: dict[str, Any] = {"run_dir": str(run_dir), "models": [str(path) for path, _ in targets]}
-    if not config.verify:
-        return summary
+    """Export (and unless ``config.verify`` is off, verify) the run; :class:`ExportError` on any failure.
 
-    reports = [verify_onnx(path, generator, precision) for path, precision in targets]
-    summary.update(
-        {
-            "torch_version": torch.__version__,
-            "onnx_version": onnx.__version__,
-            "onnxruntime_version": ort.__version__,
-            "verify_batches": list(VERIFY_BATCHES),
-            "verify_seed": VERIFY_SEED,
-            "reports": reports,
-            "passed": all(report["passed"] for report in reports),
-        }
-    )
-    report_path = run_dir / REPORT_FILE
-    write_json(report_path, summary)
-    print(format_table(reports))
-    print(f"wrote {report_path}")
-    if not summary["passed"]:
-        failures = "\n".join(f"  - {Path(r['model']).name}: {f}" for r in reports for f in r["failures"])
-        raise ExportError(f"verification failed (details in {report_path}):\n{failures}")
+    Nothing is renamed into place before every file has been written and verified: a failure leaves the files
+    of an earlier export unchanged and no temporary files.
+    """
+    run_dir = Path(config.run_dir) if config.run_dir is not None else newest_run(config.runs_dir)
+    problem = run_dir_problem(run_dir)
+    if problem:
+        raise ExportError(problem)
+    problems = config.output_problems(run_dir)  # before the work: the newest run is known only now
+    if problems:
+        raise ExportError("; ".join(problems))
+    generator, run_config = load_generator(run_dir)  # ArtifactError names a missing/corrupt file
+    problem = non_finite_problem(generator, run_dir / GENERATOR_FILE)
+    if problem:
+        raise ExportError(problem)
+    targets = config.outputs(run_dir)
+    summary: dict[str, Any] = {"run_dir": str(run_dir), "models": [str(path) for path, _ in targets]}
+    with ExitStack() as renames:  # on leaving without an error, each temporary file takes its final name
+        temporary = {path: renames.enter_context(atomic_path(path)) for path, _ in targets}
+        for path, precision in targets:
+            export_onnx(generator, temporary[path], model_metadata(run_config, precision), config.opset, precision)
+        if config.verify:
+            summary.update(verify(generator, [(temporary[path], path, precision) for path, precision in targets]))
+            if not summary["passed"]:
+                raise verification_failure(summary, run_dir)
+    for path, precision in targets:
+        print(f"wrote {path} ({precision}, {path.stat().st_size / 1e6:.2f} MB)")
+    if config.verify:
+        report_path = run_dir / REPORT_FILE
+        write_json(report_path, summary)
+        (run_dir / FAILED_REPORT_FILE).unlink(missing_ok=True)  # an earlier failure's report no longer applies
+        print(format_table(summary["reports"]))
+        print(f"wrote {report_path}")
     return summary
+
+
+def verify(generator: Generator, files: list[tuple[Path, Path, str]]) -> dict[str, Any]:
+    """The verification part of the export summary for ``files``: (temporary path, final path, precision)."""
+    reports = [verify_onnx(path, generator, precision, final_path) for path, final_path, precision in files]
+    return {
+        "torch_version": torch.__version__,
+        "onnx_version": onnx.__version__,
+        "onnxruntime_version": ort.__version__,
+        "verify_batches": list(VERIFY_BATCHES),
+        "verify_seed": VERIFY_SEED,
+        "reports": reports,
+        "passed": all(report["passed"] for report in reports),
+    }
+
+
+def verification_failure(summary: dict[str, Any], run_dir: Path) -> ExportError:
+    """Write the failed summary beside the good report, print its table, and return the error that names it."""
+    failed_path = run_dir / FAILED_REPORT_FILE
+    write_json(failed_path, summary)
+    print(format_table(summary["reports"]))
+    failures = "\n".join(f"  - {Path(r['model']).name}: {f}" for r in summary["reports"] for f in r["failures"])
+    return ExportError(
+        f"verification failed (details in {failed_path}); no file was replaced, an earlier export is unchanged:\n"
+        f"{failures}"
+    )

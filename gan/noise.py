@@ -3,16 +3,29 @@
 Training steps, the fixed grid, the final samples, evaluation, ``python -m gan.generate`` and the export check
 all call :func:`latent_noise`, so one seed gives the same noise wherever it is used, with PyTorch or with
 onnxruntime alone (this module needs numpy only). Rows are drawn one after another from one stream, so the
-first 64 of 1,000 samples are the 64 samples of a smaller request with the same seed and purpose.
+first 64 of 1,000 samples are the 64 samples of a smaller request with the same seed and purpose, and
+:func:`latent_noise_batches` can hand out a million rows a few at a time.
 """
 
 from __future__ import annotations
+
+from collections.abc import Iterator
 
 import numpy as np
 
 # Each purpose has its own stream: the grid's noise never repeats a training step's.
 PURPOSES = {"step": 1, "grid": 2, "samples": 3, "verify": 4}
 GRID_SIZE = 64  # the chapter's fixed grid: 64 noise vectors, shown 8x8
+# The largest seed a run can have (torch.manual_seed takes 64-bit seeds; gan.config bounds --seed the same way).
+# Every command accepts the same range, so any run's seed can be passed to generation and evaluation.
+MAX_SEED = 2**63 - 1
+
+
+def seed_problem(seed: int, flag: str = "--seed") -> str | None:
+    """The problem sentence for a seed outside 0..:data:`MAX_SEED`, or None."""
+    if not 0 <= seed <= MAX_SEED:
+        return f"{flag} must be between 0 and 2**63 - 1, got {seed}"
+    return None
 
 
 def latent_noise(seed: int, purpose: str, count: int, latent_dim: int, index: int = 0) -> np.ndarray:
@@ -21,6 +34,28 @@ def latent_noise(seed: int, purpose: str, count: int, latent_dim: int, index: in
     ``index`` separates the draws of one purpose (the training step, for ``"step"``). ``seed`` and ``index``
     must be non-negative integers.
     """
+    return _stream(seed, purpose, count, index).standard_normal((int(count), latent_dim), np.float32)
+
+
+def latent_noise_batches(
+    seed: int, purpose: str, count: int, latent_dim: int, batch_size: int, index: int = 0
+) -> Iterator[np.ndarray]:
+    """:func:`latent_noise` bit for bit, as consecutive pieces of at most ``batch_size`` rows.
+
+    Each piece continues the one stream of (seed, purpose, index): a row's values depend on every row before it,
+    so this is how row 999,000 is reached while memory holds one piece, never all ``count`` rows.
+    """
+    if not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
+        raise ValueError(f"the noise batch size must be a positive integer, got {batch_size!r}")
+    stream = _stream(seed, purpose, count, index)  # checks the arguments now, not at the first batch
+    return (
+        stream.standard_normal((min(batch_size, count - start), latent_dim), np.float32)
+        for start in range(0, int(count), batch_size)
+    )
+
+
+def _stream(seed: int, purpose: str, count: int, index: int) -> np.random.Generator:
+    """The random generator of (seed, purpose, index), once the arguments are checked."""
     if purpose not in PURPOSES:
         raise ValueError(f"noise purpose must be one of {', '.join(PURPOSES)}, got {purpose!r}")
     for name, value in (("seed", seed), ("index", index)):
@@ -28,8 +63,7 @@ def latent_noise(seed: int, purpose: str, count: int, latent_dim: int, index: in
             raise ValueError(f"the noise {name} must be a non-negative integer, got {value!r}")
     if not isinstance(count, (int, np.integer)) or count < 1:
         raise ValueError(f"the number of noise vectors must be a positive integer, got {count!r}")
-    sequence = np.random.SeedSequence([int(seed), PURPOSES[purpose], int(index)])
-    return np.random.Generator(np.random.PCG64(sequence)).standard_normal((int(count), latent_dim), np.float32)
+    return np.random.Generator(np.random.PCG64(np.random.SeedSequence([int(seed), PURPOSES[purpose], int(index)])))
 
 
 def step_noise(seed: int, step: int, global_batch_size: int, latent_dim: int, process_index: int = 0,
@@ -42,3 +76,31 @@ def step_noise(seed: int, step: int, global_batch_size: int, latent_dim: int, pr
     local = global_batch_size // num_processes
     noise = latent_noise(seed, "step", global_batch_size, latent_dim, index=step)
     return noise[process_index * local : (process_index + 1) * local]
+
+
+def step_noise_tensor(seed: int, step: int, global_batch_size: int, latent_dim: int, device, dtype,
+                      process_index: int = 0, num_processes: int = 1):
+    """This process's share of step ``step``'s noise as a torch tensor on the training ``device``.
+
+    On the CPU it is :func:`step_noise`. On an accelerator it is drawn there by a torch generator seeded from
+    (seed, step): a copy from host memory would make the host wait for the device every step. Either way the
+    whole global batch depends only on (seed, step), so any number of processes sees the same batch, and a
+    resumed run the same noise. (torch is imported here only: the rest of this module serves numpy-only code.)
+    """
+    import torch
+
+    device = torch.device(device)
+    if device.type == "cpu":
+        local = step_noise(seed, step, global_batch_size, latent_dim, process_index, num_processes)
+        return torch.from_numpy(local).to(dtype)
+    generator = _device_generators.get(device)
+    if generator is None:
+        generator = _device_generators[device] = torch.Generator(device=device)
+    state = np.random.SeedSequence([int(seed), PURPOSES["step"], int(step)]).generate_state(1, np.uint64)[0]
+    generator.manual_seed(int(state) & MAX_SEED)
+    whole = torch.randn((global_batch_size, latent_dim), generator=generator, device=device, dtype=torch.float32)
+    local = global_batch_size // num_processes
+    return whole[process_index * local : (process_index + 1) * local].to(dtype)
+
+
+_device_generators: dict = {}  # one reseeded generator per device

@@ -16,7 +16,7 @@ from torch import nn
 
 from gan.artifacts import ArtifactError, load_generator
 from gan.classifier import EvaluationError
-from gan.noise import latent_noise
+from gan.noise import latent_noise_batches
 
 Sampler = Callable[[torch.Tensor], torch.Tensor]
 """z float32 [B, latent_dim] (CPU) -> images [B, 1, 28, 28] in [-1, 1]."""
@@ -26,8 +26,8 @@ def generate(
     sampler: Sampler, latent_dim: int, num_samples: int, seed: int = 0, batch_size: int = 1000
 ) -> torch.Tensor:
     """``num_samples`` images [N, 1, 28, 28] (CPU float32) from the sample noise of ``seed``, in batches."""
-    noise = torch.from_numpy(latent_noise(seed, "samples", num_samples, latent_dim))  # (N, latent_dim)
-    return torch.cat([sampler(z).float().cpu() for z in noise.split(batch_size)])
+    noise = latent_noise_batches(seed, "samples", num_samples, latent_dim, batch_size)  # (<= batch_size, latent_dim)
+    return torch.cat([sampler(torch.from_numpy(z)).float().cpu() for z in noise])
 
 
 def torch_sampler(generator: nn.Module) -> Sampler:
@@ -55,7 +55,10 @@ def onnx_sampler(path: str | os.PathLike) -> tuple[Sampler, int]:
         raise ArtifactError(str(error)) from None
 
     def sample(z: torch.Tensor) -> torch.Tensor:
-        return torch.from_numpy(generator.generate_raw(z.float().numpy()))
+        try:
+            return torch.from_numpy(generator.generate_raw(z.float().numpy()))
+        except ModelError as error:  # NaN/inf images: a broken model file, like one that cannot be loaded
+            raise ArtifactError(str(error)) from None
 
     return sample, generator.latent_dim
 

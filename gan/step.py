@@ -12,7 +12,8 @@ from accelerate import Accelerator
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
-STEP_METRICS = ("d_loss", "g_loss", "d_real", "d_fake")  # what train_step returns, in this order
+# What train_step returns, in this order, as one tensor on the training device (read only at sync points).
+STEP_METRICS = ("d_loss", "g_loss", "d_real", "d_fake", "skipped_steps")
 
 
 @dataclass
@@ -54,13 +55,16 @@ def frozen(discriminator: nn.Module) -> Iterator[nn.Module]:
 
 def train_step(accelerator: Accelerator, gan: GAN, real: torch.Tensor, noise: torch.Tensor,
                real_label: float = 1.0) -> torch.Tensor:
-    """One D step then one G step on this process's share of the batch.
+    """One D step then one G step on this process's share of the batch, without waiting for the device.
 
     ``real_label`` < 1 is one-sided label smoothing: the D step's target for real images (the G step keeps 1).
 
-    Returns the detached metrics [d_loss, g_loss, d_real, d_fake] (order of ``STEP_METRICS``) of this process;
-    d_real and d_fake are the mean probabilities D(x) and D(G(z)) seen by the D step.
+    Returns this process's detached metrics (order of ``STEP_METRICS``) on the training device: d_loss, g_loss,
+    the mean probabilities D(x) and D(G(z)) seen by the D step, and how many of the two optimizer steps fp16 loss
+    scaling skipped. Nothing here reads a value back to the host, so the host can queue the next step at once.
     """
+    scales = []  # the fp16 loss scale around each optimizer step (none without a scaler)
+
     # (1) Update D: maximize log D(x) + log(1 - D(G(z)))
     real_logits = gan.discriminator(real)  # (B,)
     fake = gan.generator(noise)  # (B, 1, 28, 28)
@@ -69,29 +73,39 @@ def train_step(accelerator: Accelerator, gan: GAN, real: torch.Tensor, noise: to
     # One backward for both halves: the same gradient as two, and one DDP all-reduce instead of two.
     gan.discriminator_optimizer.zero_grad(set_to_none=True)
     accelerator.backward(d_loss)
+    _record_scale(accelerator, scales)
     gan.discriminator_optimizer.step()
+    _record_scale(accelerator, scales)
 
     # (2) Update G: maximize log D(G(z)) (fakes labelled real: the non-saturating loss)
     with frozen(gan.discriminator) as discriminator:
         g_loss = _bce(discriminator(fake), 1.0)
         gan.generator_optimizer.zero_grad(set_to_none=True)
         accelerator.backward(g_loss)
+    _record_scale(accelerator, scales)
     gan.generator_optimizer.step()
+    _record_scale(accelerator, scales)
 
     with torch.no_grad():
-        return torch.stack(
-            [
-                d_loss.detach(),
-                g_loss.detach(),
-                torch.sigmoid(real_logits.detach().float()).mean(),
-                torch.sigmoid(fake_logits.detach().float()).mean(),
-            ]
-        )
+        metrics = [d_loss.detach(), g_loss.detach(), torch.sigmoid(real_logits.detach().float()).mean(),
+                   torch.sigmoid(fake_logits.detach().float()).mean()]
+        dtype = metrics[0].dtype
+        return torch.stack([m.to(dtype) for m in metrics] + [skipped_steps(scales, real.device).to(dtype)])
 
 
-def skipped_steps(gan: GAN) -> int:
-    """How many of this step's two optimizer steps fp16 loss scaling skipped (gradient overflow)."""
-    return sum(
-        int(getattr(opt, "step_was_skipped", False))
-        for opt in (gan.discriminator_optimizer, gan.generator_optimizer)
-    )
+def _record_scale(accelerator: Accelerator, scales: list[torch.Tensor]) -> None:
+    scaler = accelerator.scaler
+    if scaler is not None and getattr(scaler, "_scale", None) is not None:
+        scales.append(scaler._scale.detach().clone())  # get_scale() would wait for the device: a copy does not
+
+
+def skipped_steps(scales: list[torch.Tensor], device: torch.device) -> torch.Tensor:
+    """How many optimizer steps fp16 loss scaling skipped, from the scale before and after each step.
+
+    GradScaler skips a step exactly when it finds an overflow, and then always lowers the scale (it only ever
+    raises it after a run of good steps), so each drop is one skipped step. Counted on the device: no sync.
+    """
+    if len(scales) < 2:
+        return torch.zeros((), device=device)
+    pairs = zip(scales[0::2], scales[1::2], strict=True)
+    return sum((after < before).float() for before, after in pairs).reshape(())

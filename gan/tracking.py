@@ -4,7 +4,6 @@ offline W&B as the automatic fallback) and the console progress of the main proc
 from __future__ import annotations
 
 import json
-
 import netrc
 import os
 import secrets

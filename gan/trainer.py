@@ -38,11 +38,11 @@ from gan.data import DataError, KMNISTData, ShardedBatches, ensure_files, load_k
 from gan.devices import cpu_description, make_accelerator, resolve_for_device, set_tf32
 from gan.ema import GeneratorEMA
 from gan.models import Discriminator, Generator
-from gan.noise import GRID_SIZE, latent_noise, step_noise
+from gan.noise import GRID_SIZE, latent_noise, step_noise_tensor
 from gan.paths import output_dir_problem
 from gan.preemption import StopRequest
 from gan.samplers import generate, torch_sampler
-from gan.step import GAN, STEP_METRICS, skipped_steps, train_step
+from gan.step import GAN, STEP_METRICS, train_step
 from gan.sync_batchnorm import convert_sync_batchnorm
 from gan.tracking import Progress, Tracker
 
@@ -70,6 +70,8 @@ def train(config: TrainConfig) -> TrainerState:
         config = resumed_config(config, plan)
     if config.deterministic:
         use_deterministic_algorithms()
+    else:
+        torch.backends.cudnn.benchmark = True  # fixed shapes: cuDNN times its kernels once and keeps the fastest
     accelerator = make_accelerator(config)
     config = resolve_for_device(config, accelerator)
     set_tf32(config.tf32)
@@ -95,6 +97,7 @@ def train(config: TrainConfig) -> TrainerState:
 
     metadata = run_metadata(config, accelerator, run_dir, ema is not None, plan, state.step)
     if main_process:
+        run_dir.mkdir(exist_ok=True)
         write_json(run_dir / CONFIG_FILE, metadata)
     tracker = Tracker(accelerator, config.report_to, run_dir, config.wandb_project, config.wandb_entity,
                       config.wandb_mode, metadata, state.wandb_run_id)
@@ -109,54 +112,52 @@ def train(config: TrainConfig) -> TrainerState:
         tensors = {"fixed_noise": grid_noise.float(), **(ema.tensors() if ema else {}), **samples.tensors()}
         return save_checkpoint(accelerator, run_dir, state, tensors, metadata, config.keep_checkpoints)
 
-    # ---- the loop: one D step and one G step per global batch, then what this step is due for
+    # ---- the loop: one D step and one G step per global batch, then what this step is due for. Between sync
+    # points nothing is read back from the device, so the host queues step after step; at a sync point (every
+    # --log-every steps, and before an evaluation or a checkpoint) the steps' metrics are read, checked, logged,
+    # and a stop request is agreed by all processes.
     stop = StopRequest()
+    pending = PendingSteps()
     try:
-        step_start = time.perf_counter()  # a step's time covers drawing its batch and training on it
         while state.step < total_steps:
             for real in batches.epoch(state.epoch, state.batch_in_epoch):
                 if state.step >= total_steps:
                     break
                 if samples.real is None:
-                    samples.real = to_uint8(real[:REAL_SAMPLES, 0]).cpu()  # the main process holds the batch's head
-                noise = step_noise(config.seed, state.step, config.batch_size, config.latent_dim,
-                                   accelerator.process_index, accelerator.num_processes)
-                metrics = train_step(accelerator, gan, real, torch.from_numpy(noise).to(device, dtype),
-                                     config.real_label)
-                flags = torch.tensor([skipped_steps(gan), float(stop.requested)], device=device, dtype=metrics.dtype)
-                # one small all-reduce per step: metrics averaged over processes, and any process's stop request
-                values = accelerator.reduce(torch.cat([metrics, flags]), reduction="mean").float().cpu().tolist()
-                losses, (skipped, stop_requested) = dict(zip(STEP_METRICS, values[:4], strict=True)), values[4:]
+                    samples.real = to_uint8(real[:REAL_SAMPLES, 0])  # the main process holds the batch's head
+                noise = step_noise_tensor(config.seed, state.step, config.batch_size, config.latent_dim, device,
+                                          dtype, accelerator.process_index, accelerator.num_processes)
+                metrics = train_step(accelerator, gan, real, noise, config.real_label)
                 state.step += 1
                 state.batch_in_epoch += 1
-                check_finite(losses, state.step)
+                pending.add(state.step, state.epoch, metrics)
                 if ema is not None:
                     ema.update(generator)
-                state.skipped_steps += round(skipped)  # every process skips the same steps: the mean is the count
-                row = metrics_row(state, losses, config.batch_size / (time.perf_counter() - step_start), gan,
-                                  accelerator)
-                state.history.append(row)
-                tracker.log(row, step=state.step)
                 last_step = state.step == total_steps
                 if main_process and (state.step % config.sample_every == 0 or last_step):
-                    samples.grids.append(sample_images(sampler, grid_noise))
-                    state.grid_steps.append(state.step)
-                    tracker.log_image("samples/fixed_noise", pictures.tile(samples.grids[-1].numpy(), columns=8),
-                                      step=state.step, caption=f"step {state.step}")
-                if evaluator is not None and (state.step % eval_every == 0 or last_step):
+                    pending.grids.append((state.step, sample_images(sampler, grid_noise)))
+                evaluate_now = bool(eval_every) and (state.step % eval_every == 0 or last_step)
+                checkpoint_now = state.step % checkpoint_every == 0 and not last_step
+                if not (state.step % config.log_every == 0 or last_step or evaluate_now or checkpoint_now):
+                    continue
+
+                # a sync point: the one wait for the device since the last
+                rows, stop_requested = pending.read(accelerator, stop.requested, config.batch_size)
+                record_steps(rows, pending.grids, state, samples, gan, accelerator, tracker, progress)
+                pending.grids.clear()
+                if evaluator is not None and evaluate_now:
                     quality = evaluate_samples(evaluator, sampler, config)
-                    row.update(quality)
+                    state.history[-1].update(quality)
                     tracker.log(quality, step=state.step)
                     progress.note(f"step {state.step}: FID {quality['eval/fid']:.2f}, coverage "
                                   f"{quality['eval/class_coverage']:.3f}, {quality['eval/seconds']:.1f} s")
-                progress.update(row)
-                if stop_requested > 0:  # a process was asked to stop: all checkpoint this same step, then leave
+                if stop_requested:  # a process was asked to stop: all checkpoint this same step, then leave
                     path = checkpoint()
                     tracker.log({"preempted_at_step": state.step}, step=state.step)
                     raise PreemptedError(stop.signum or signal.SIGTERM, path)
-                if state.step % checkpoint_every == 0 and not last_step:
+                if checkpoint_now:
                     checkpoint()
-                step_start = time.perf_counter()  # grids, evaluations and checkpoints are not training time
+                pending.restart_clock()  # evaluations and checkpoints are not training time
             else:
                 state.epoch += 1
                 state.batch_in_epoch = 0
@@ -185,7 +186,8 @@ def use_deterministic_algorithms() -> None:
 
 
 def new_run_dir(config: TrainConfig, accelerator: Accelerator, plan: ResumePlan | None) -> Path:
-    """The run folder, named the same on every process (the main process picks the timestamp), ready to write.
+    """The run folder, named the same on every process (the main process picks the timestamp); its place is
+    checked here, and the folder made once the data have loaded (a data error leaves no empty run folder).
 
     A fresh start refuses a folder that holds a run with checkpoints or a finished one (nothing is overwritten)
     and restarts, in place, a run that stopped before its first checkpoint (there is nothing to lose). The main
@@ -194,7 +196,9 @@ def new_run_dir(config: TrainConfig, accelerator: Accelerator, plan: ResumePlan 
     decision: list[Any] = [config.run_name or datetime.now().strftime("%Y%m%d-%H%M%S"), None]
     if accelerator.is_main_process:
         run_dir = Path(config.output_dir) / decision[0]
-        decision[1] = output_dir_problem(run_dir, "--output-dir/--run-name")
+        decision[1] = output_dir_problem(run_dir.parent, "--output-dir")  # the run's own folder: once data loaded
+        if decision[1] is None and run_dir.exists() and not run_dir.is_dir():
+            decision[1] = f"--run-name {run_dir.name}: {run_dir} is a file; choose another --run-name"
         if decision[1] is None and plan is None and (run_dir / CONFIG_FILE).exists():
             if checkpoint_dirs(run_dir):
                 decision[1] = (f"{run_dir} already holds a run with checkpoints; choose another --run-name, or "
@@ -244,8 +248,12 @@ def build_gan(config: TrainConfig, accelerator: Accelerator) -> GAN:
     if config.sync_bn:
         generator = convert_sync_batchnorm(generator, accelerator.device)
         discriminator = convert_sync_batchnorm(discriminator, accelerator.device)
-    # one fused kernel per optimizer step on CPU; GPUs keep the default
-    adam = {"betas": (config.beta1, config.beta2), "fused": accelerator.device.type == "cpu" or None}
+    if config.compile:  # in place: the modules keep their class and state-dict keys, so checkpoints do not change
+        generator.compile()
+        discriminator.compile()
+    # One fused kernel per optimizer step. On a GPU under fp16 it also lets GradScaler skip a step on the device
+    # itself; with the unfused Adam it reads the overflow flag back to the host every step.
+    adam = {"betas": (config.beta1, config.beta2), "fused": accelerator.device.type in ("cpu", "cuda") or None}
     generator_optimizer = torch.optim.Adam(generator.parameters(), lr=config.lr_generator, **adam)
     discriminator_optimizer = torch.optim.Adam(discriminator.parameters(), lr=config.lr_discriminator, **adam)
     return GAN(*accelerator.prepare(generator, discriminator, generator_optimizer, discriminator_optimizer))
@@ -300,15 +308,66 @@ def resume_state(accelerator: Accelerator, plan: ResumePlan, ema: GeneratorEMA |
     return state, SampleRecord.from_tensors(tensors)
 
 
-def metrics_row(state: TrainerState, losses: dict[str, float], images_per_second: float, gan: GAN,
-                accelerator: Accelerator) -> dict[str, float]:
-    """What one step logs: counters, losses and D's outputs (averaged over processes), speed, optimizer state."""
-    row = {"step": state.step, "epoch": state.epoch, **losses, "images_per_second": images_per_second,
-           "lr_generator": gan.generator_optimizer.param_groups[0]["lr"],
-           "lr_discriminator": gan.discriminator_optimizer.param_groups[0]["lr"], "skipped_steps": state.skipped_steps}
+@dataclass
+class PendingSteps:
+    """The steps trained since the last sync point: their metrics (and the main process's new sample grids) stay
+    on the device until :meth:`read`."""
+
+    steps: list[tuple[int, int]] = field(default_factory=list)  # (step, epoch)
+    metrics: list[torch.Tensor] = field(default_factory=list)  # each [len(STEP_METRICS)], on the device
+    grids: list[tuple[int, torch.Tensor]] = field(default_factory=list)  # (step, uint8 grid on the device)
+    started: float = field(default_factory=time.perf_counter)
+
+    def add(self, step: int, epoch: int, metrics: torch.Tensor) -> None:
+        self.steps.append((step, epoch))
+        self.metrics.append(metrics)
+
+    def read(self, accelerator: Accelerator, stop_requested: bool, batch_size: int
+             ) -> tuple[list[dict[str, float]], bool]:
+        """The pending steps' metrics averaged over processes, and whether any process was asked to stop.
+
+        One all-reduce and one copy to the host for the whole window; every process must call it at the same step.
+        """
+        stacked = torch.stack(self.metrics)  # [steps, metrics]
+        flag = torch.tensor([float(stop_requested)], device=stacked.device, dtype=stacked.dtype)
+        values = accelerator.reduce(torch.cat([stacked.flatten(), flag]), reduction="mean").float().cpu()
+        images_per_second = batch_size * len(self.steps) / (time.perf_counter() - self.started)
+        rows = [{"step": step, "epoch": epoch, **dict(zip(STEP_METRICS, row.tolist(), strict=True)),
+                 "images_per_second": images_per_second}
+                for (step, epoch), row in zip(self.steps, values[:-1].reshape(len(self.steps), -1), strict=True)]
+        self.steps, self.metrics = [], []
+        return rows, bool(values[-1] > 0)
+
+    def restart_clock(self) -> None:
+        self.started = time.perf_counter()
+
+
+def record_steps(rows: list[dict[str, float]], grids: list[tuple[int, torch.Tensor]], state: TrainerState,
+                 samples: SampleRecord, gan: GAN, accelerator: Accelerator, tracker: Tracker,
+                 progress: Progress) -> None:
+    """Check, count and log the steps read at a sync point, with the sample grids drawn meanwhile, in step order.
+
+    NonFiniteLossError at the first broken step: no checkpoint is ever written after one.
+    """
+    grid_at = dict(grids)
+    if samples.real is not None:
+        samples.real = samples.real.cpu()
+    extra = {"lr_generator": gan.generator_optimizer.param_groups[0]["lr"],
+             "lr_discriminator": gan.discriminator_optimizer.param_groups[0]["lr"]}
     if accelerator.scaler is not None:
-        row["loss_scale"] = accelerator.scaler.get_scale()
-    return row
+        extra["loss_scale"] = accelerator.scaler.get_scale()  # the scale now, at the end of the window
+    for row in rows:
+        check_finite(row, row["step"])
+        state.skipped_steps += round(row.pop("skipped_steps"))  # every process skips the same steps: the mean
+        row.update(extra, skipped_steps=state.skipped_steps)
+        state.history.append(row)
+        tracker.log(row, step=row["step"])
+        if row["step"] in grid_at:
+            samples.grids.append(grid_at[row["step"]].cpu())
+            state.grid_steps.append(row["step"])
+            tracker.log_image("samples/fixed_noise", pictures.tile(samples.grids[-1].numpy(), columns=8),
+                              step=row["step"], caption=f"step {row['step']}")
+        progress.update(row)
 
 
 def check_finite(losses: dict[str, float], step: int) -> None:
@@ -348,9 +407,9 @@ def eval_mode(module: torch.nn.Module) -> Iterator[torch.nn.Module]:
 
 
 def sample_images(generator: torch.nn.Module, noise: torch.Tensor) -> torch.Tensor:
-    """uint8 [N, 28, 28] (CPU) from the generator in eval mode, on the device and dtype of its weights."""
+    """uint8 [N, 28, 28] from the generator in eval mode, left on the device of its weights (and in their dtype)."""
     with eval_mode(generator):
-        return to_uint8(torch_sampler(generator)(noise)[:, 0]).cpu()
+        return to_uint8(torch_sampler(generator)(noise)[:, 0])
 
 
 def make_evaluator(config: TrainConfig, device: torch.device):
@@ -379,7 +438,7 @@ def finish_run(run_dir: Path, metadata: dict[str, Any], state: TrainerState, gen
     write_json(run_dir / CONFIG_FILE, metadata)
     sampler = ema.model if ema is not None else generator
     fresh = sample_images(sampler, torch.from_numpy(latent_noise(metadata["seed"], "samples", GRID_SIZE,
-                                                                 metadata["latent_dim"])))
+                                                                 metadata["latent_dim"]))).cpu()
     real = samples.real.numpy() if samples.real is not None else None
     grids = list(zip(state.grid_steps, [grid.numpy() for grid in samples.grids], strict=True))
     for path in pictures.save_run_pictures(run_dir, real, fresh.numpy(), which, grids, state.history):

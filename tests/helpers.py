@@ -125,3 +125,50 @@ def save_small_run(run_dir: Path, **config: object):
     write_json(run_dir / CONFIG_FILE, {"latent_dim": SMALL_LATENT_DIM, "base_width": SMALL_BASE_WIDTH, **config})
     save_generator(generator, run_dir / GENERATOR_FILE)
     return generator
+
+
+# --- what a diverged run or a damaged file leaves behind: broken copies of the exported run's files
+
+NAN_TENSORS = ("main.0.weight", "main.1.running_var", "main.3.weight")  # a weight, a BatchNorm buffer, a weight
+
+
+def nan_onnx_model(model: Path, target: Path) -> Path:
+    """A copy of the ONNX file ``model`` whose largest weight is all NaN, as exported from a diverged run."""
+    import numpy as np
+    import onnx
+    from onnx import numpy_helper
+
+    proto = onnx.load(str(model))
+    weight = max(proto.graph.initializer, key=lambda tensor: int(np.prod(tensor.dims)))
+    values = numpy_helper.to_array(weight).copy()
+    values[...] = np.nan
+    weight.CopyFrom(numpy_helper.from_array(values, weight.name))
+    onnx.save(proto, str(target))
+    return target
+
+
+def nan_weights_run(run_dir: Path, target: Path) -> Path:
+    """A copy of the run folder's files (not its checkpoints) whose generator holds NaN/inf in :data:`NAN_TENSORS`.
+
+    The weights file keeps its safetensors metadata: only the numbers are broken.
+    """
+    import shutil
+
+    from safetensors import safe_open
+    from safetensors.torch import load_file, save_file
+
+    from gan.artifacts import GENERATOR_FILE
+
+    target.mkdir(parents=True)
+    for path in run_dir.iterdir():
+        if path.is_file():
+            shutil.copy2(path, target / path.name)
+    weights = target / GENERATOR_FILE
+    with safe_open(str(weights), "pt") as file:
+        metadata = file.metadata()
+    state = load_file(str(weights))
+    state[NAN_TENSORS[0]][0, 0] = float("nan")
+    state[NAN_TENSORS[1]][3] = float("inf")
+    state[NAN_TENSORS[2]].fill_(float("nan"))
+    save_file(state, str(weights), metadata=metadata)
+    return target

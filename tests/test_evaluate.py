@@ -80,9 +80,11 @@ def test_every_count_below_one_is_reported_at_once(tmp_path, capsys):
 
 
 def test_cli_reports_a_missing_source_as_an_error(tmp_path, capsys):
-    assert main([str(tmp_path / "nothing.onnx")]) == 1
-    assert "nothing.onnx does not exist" in capsys.readouterr().err
-    assert main([str(tmp_path)]) == 1  # a folder, but no run in it
+    with pytest.raises(SystemExit) as exited:  # a bad argument: refused before anything is loaded
+        main([str(tmp_path / "nothing.onnx")])
+    assert exited.value.code == 2
+    assert f"RUN_DIR|MODEL.onnx {tmp_path / 'nothing.onnx'} does not exist" in capsys.readouterr().err
+    assert main([str(tmp_path)]) == 1  # a folder, but no run in it: a damaged run, not a bad argument
     assert f"{tmp_path / CONFIG_FILE} does not exist" in capsys.readouterr().err
 
 

@@ -6,6 +6,7 @@ once per pytest session; test_onnx_generator.py and test_examples.py share it.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -20,11 +21,12 @@ import pytest
 import torch
 from helpers import EXPORT_RUN_NAME as RUN_NAME
 from helpers import EXPORT_TRAIN_STEPS as TRAIN_STEPS
-from helpers import ExportedRun, run_command
+from helpers import NAN_TENSORS, ExportedRun, nan_weights_run, run_command
 from onnx.external_data_helper import uses_external_data
 
 from gan.artifacts import CONFIG_FILE, GENERATOR_FILE, ArtifactError, load_generator, read_config
 from gan.export import (
+    FAILED_REPORT_FILE,
     MIN_OPSET,
     MODEL_FILE,
     REPORT_FILE,
@@ -32,6 +34,7 @@ from gan.export import (
     VERIFY_BATCHES,
     ExportConfig,
     ExportError,
+    fp16_path,
     newest_run,
     parse_export_config,
     run_export,
@@ -153,18 +156,66 @@ def test_verification_reports_a_model_that_differs_from_pytorch(run: ExportedRun
     assert "max abs diff" in report["failures"][0] and f"exceeds {TOLERANCE['fp32']:g}" in report["failures"][0]
 
 
-def test_failed_verification_raises_naming_the_failure_and_still_writes_the_report(
+FP16_FILE = fp16_path(Path(MODEL_FILE)).name
+EXPORT_FILES = (MODEL_FILE, FP16_FILE, REPORT_FILE)
+
+
+def _copy_exported_run(run: ExportedRun, run_dir: Path) -> dict[str, str]:
+    """Copy the run's files with its export; returns the SHA-256 of each exported file."""
+    run_dir.mkdir()
+    for name in (CONFIG_FILE, GENERATOR_FILE, *EXPORT_FILES):
+        shutil.copy(run.run_dir / name, run_dir / name)
+    return _hashes(run_dir)
+
+
+def _hashes(run_dir: Path) -> dict[str, str]:
+    return {name: hashlib.sha256((run_dir / name).read_bytes()).hexdigest() for name in EXPORT_FILES}
+
+
+def test_failed_verification_leaves_the_earlier_export_as_it_was(
     run: ExportedRun, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     run_dir = tmp_path / "run"
-    run_dir.mkdir()
-    for name in (CONFIG_FILE, GENERATOR_FILE):
-        shutil.copy(run.run_dir / name, run_dir / name)
-    monkeypatch.setitem(TOLERANCE, "fp32", -1.0)  # an impossible bound: every comparison fails
-    with pytest.raises(ExportError, match=r"verification failed .*export_report\.json") as caught:
-        run_export(ExportConfig(run_dir=str(run_dir)))
-    assert "batch 1000: max abs diff" in str(caught.value)
-    assert json.loads((run_dir / REPORT_FILE).read_text())["passed"] is False
+    before = _copy_exported_run(run, run_dir)
+    monkeypatch.setitem(TOLERANCE, "fp32", -1.0)  # an impossible bound: every fp32 comparison fails
+    with pytest.raises(ExportError, match=r"verification failed .*export_report\.failed\.json.*no file was replaced"):
+        run_export(ExportConfig(run_dir=str(run_dir), fp16=True))
+    assert _hashes(run_dir) == before  # both models and the good report, byte for byte
+    failed = json.loads((run_dir / FAILED_REPORT_FILE).read_text())
+    assert failed["passed"] is False and "batch 1000: max abs diff" in failed["reports"][0]["failures"][-1]
+    assert [Path(report["model"]) for report in failed["reports"]] == [run_dir / MODEL_FILE, run_dir / FP16_FILE]
+    assert sorted(p.name for p in run_dir.iterdir()) == sorted([*EXPORT_FILES, CONFIG_FILE, GENERATOR_FILE,
+                                                                 FAILED_REPORT_FILE])  # no temporary files
+
+    monkeypatch.undo()  # a passing export replaces the files and retires the failure's report
+    run_export(ExportConfig(run_dir=str(run_dir)))
+    assert json.loads((run_dir / REPORT_FILE).read_text())["passed"] is True
+    assert not (run_dir / FAILED_REPORT_FILE).exists()
+
+
+def test_export_without_verification_still_replaces_the_file_atomically(run: ExportedRun, tmp_path: Path) -> None:
+    run_dir = tmp_path / "run"
+    _copy_exported_run(run, run_dir)
+    old_bytes = (run_dir / MODEL_FILE).read_bytes()
+    os.link(run_dir / MODEL_FILE, tmp_path / "old.onnx")  # a second name for the old file's inode
+    run_export(ExportConfig(run_dir=str(run_dir), verify=False))
+    # Written under a temporary name and renamed: the old inode was never written to, the new file is another.
+    assert (tmp_path / "old.onnx").read_bytes() == old_bytes
+    assert not os.path.samefile(run_dir / MODEL_FILE, tmp_path / "old.onnx")
+    assert onnx.load(str(run_dir / MODEL_FILE)).graph.initializer
+    assert not [p.name for p in run_dir.iterdir() if p.name.endswith(".tmp")]
+
+
+def test_nan_weights_fail_before_export_and_keep_the_earlier_files(run: ExportedRun, tmp_path: Path) -> None:
+    run_dir = nan_weights_run(run.run_dir, tmp_path / "diverged")
+    before = _hashes(run_dir)
+    result = run_command([sys.executable, "export.py", str(run_dir), "--fp16"], timeout=120, check=False)
+    assert result.returncode == 1
+    assert "Traceback" not in result.stderr and len(result.stderr.strip().splitlines()) == 1
+    assert f"{run_dir / GENERATOR_FILE}: 3 tensors hold NaN/inf ({', '.join(NAN_TENSORS)})" in result.stderr
+    assert "diverged" in result.stderr and "retrain" in result.stderr
+    assert _hashes(run_dir) == before
+    assert not [p.name for p in run_dir.iterdir() if p.name.endswith(".tmp") or p.name == FAILED_REPORT_FILE]
 
 
 def test_exporting_at_an_older_opset_verifies(run: ExportedRun, tmp_path: Path) -> None:
@@ -204,6 +255,7 @@ def test_corrupt_weights_file_fails_the_cli_with_a_clear_message(run: ExportedRu
 def test_missing_run_dir_and_missing_files_are_clear_errors(tmp_path: Path) -> None:
     with pytest.raises(ExportError, match=r"does-not-exist is not a folder.*python export.py runs/<run-name>"):
         run_export(ExportConfig(run_dir=str(tmp_path / "does-not-exist")))
+    assert not (tmp_path / "does-not-exist").exists()  # the checks do not create the folder they refuse
     with pytest.raises(ArtifactError, match=r"config\.json does not exist"):
         run_export(ExportConfig(run_dir=str(tmp_path)))
 
@@ -219,15 +271,28 @@ def test_config_without_provenance_names_the_missing_key(run: ExportedRun, tmp_p
         run_export(ExportConfig(run_dir=str(run_dir), verify=False))
 
 
-def test_invalid_flags_are_reported_together(capsys: pytest.CaptureFixture[str]) -> None:
+def test_invalid_flags_are_reported_together(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
     with pytest.raises(SystemExit) as caught:
         parse_export_config(["--opset", str(MIN_OPSET - 1), "--output", "model.txt"])
     assert caught.value.code == 2
     error = capsys.readouterr().err
     assert f"--opset must be between {MIN_OPSET}" in error and "--output must name a .onnx file" in error
 
+    (tmp_path / "run").write_text("a file, not a run folder")
+    (tmp_path / "folder.onnx").mkdir()
+    for argv, expected in [
+        ([str(tmp_path / "run")], f"RUN_DIR {tmp_path / 'run'} is not a folder (it is a file)"),
+        (["--runs-dir", str(tmp_path / "none")], f"--runs-dir {tmp_path / 'none'} is not a folder"),
+        (["--runs-dir", str(tmp_path), "--output", str(tmp_path / "folder.onnx")], "folder.onnx is a folder"),
+    ]:
+        with pytest.raises(SystemExit) as caught:
+            parse_export_config(argv)
+        assert caught.value.code == 2 and expected in capsys.readouterr().err
 
-def test_flags_map_onto_the_config() -> None:
+
+def test_flags_map_onto_the_config(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)  # the paths are checked: runs/ and runs/a must be folders
+    Path("runs/a").mkdir(parents=True)
     config = parse_export_config(["runs/a", "--output", "x.onnx", "--opset", "19", "--fp16", "--no-verify"])
     assert config == ExportConfig(run_dir="runs/a", output="x.onnx", opset=19, fp16=True, verify=False)
     assert parse_export_config([]) == ExportConfig()

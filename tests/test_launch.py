@@ -385,7 +385,8 @@ def _sbatch_options() -> dict[str, str]:
     return options
 
 
-@pytest.mark.parametrize("script", ["launch/slurm.sbatch", "launch/torchrun_elastic.sh"])
+@pytest.mark.parametrize("script", ["launch/slurm.sbatch", "launch/torchrun_elastic.sh", "launch/docker-entrypoint.sh",
+                                    "benchmarks/gpu_checks.sh"])
 def test_launch_scripts_are_valid_executable_bash(script):
     run_command(["bash", "-n", script])
     assert os.access(ROOT / script, os.X_OK)
@@ -466,6 +467,59 @@ def _hadolint() -> str:
     return found
 
 
+# ---------------------------------------------------------------- a SIGTERM to the launcher, not to the trainer
+
+
+def _one_process_launch(shared_data: Path, out: Path) -> list[str]:
+    return [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", "1", "--num_machines", "1",
+            "--mixed_precision", "no", "--dynamo_backend", "no", "train_ddp.py",
+            *_flags(shared_data, "--output-dir", str(out), "--run-name", "signalled", "--max-steps", "100000",
+                    "--checkpoint-every", "100000")]
+
+
+def _signal_and_wait(launcher: subprocess.Popen, target: int, log: Path) -> psutil.Process:
+    """SIGTERM to ``target`` once the trainer has trained a few steps; the trainer, once it has exited."""
+    _wait_for(lambda: "step 3/" in log.read_text(), launcher, log)
+    [trainer] = [p for p in psutil.Process(launcher.pid).children(recursive=True)
+                 if "train_ddp.py" in p.cmdline() and not any("launch" in arg for arg in p.cmdline()[:3])]
+    os.kill(target, signal.SIGTERM)
+    try:
+        trainer.wait(timeout=60)  # a checkpoint of the current step takes about a second
+    except psutil.TimeoutExpired:
+        trainer.kill()
+        tail = log.read_text()[-2000:]
+        raise AssertionError(f"the trainer kept running after the launcher's SIGTERM:\n{tail}") from None
+    return trainer
+
+
+@pytest.mark.slow  # a real accelerate launch and a real signal
+def test_sigterm_to_the_one_process_launcher_reaches_the_trainer(shared_data, tmp_path):
+    log = tmp_path / "launch.log"
+    with _started(_one_process_launch(shared_data, tmp_path), log) as launcher:
+        _signal_and_wait(launcher, launcher.pid, log)
+        launcher.wait(timeout=30)
+    checkpoints = list((tmp_path / "signalled" / CHECKPOINTS).glob("step_*"))
+    assert len(checkpoints) == 1, log.read_text()[-2000:]
+    assert "--run-name signalled --resume latest" in log.read_text()
+    resumed = run_command([sys.executable, "train_ddp.py", *_flags(shared_data, "--output-dir", str(tmp_path),
+                                                                    "--run-name", "signalled", "--resume", "latest")],
+                          env=THREADS)
+    assert f"at step {checkpoints[0].name.split('_')[1]}" in resumed.stdout
+
+
+@pytest.mark.slow  # the Docker image's entry point, run here without Docker
+def test_the_image_entry_point_hands_sigterm_to_the_trainer_and_waits_for_it(shared_data, tmp_path):
+    log = tmp_path / "entrypoint.log"
+    command = ["bash", "launch/docker-entrypoint.sh", *_one_process_launch(shared_data, tmp_path)[3:]]
+    env = {"PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}  # `accelerate` of this Python
+    with _started(command, log, env=env) as entrypoint:
+        trainer = _signal_and_wait(entrypoint, entrypoint.pid, log)
+        assert entrypoint.wait(timeout=30) != 0  # exits after the trainer, with the launcher's status
+        assert not trainer.is_running()
+    assert len(list((tmp_path / "signalled" / CHECKPOINTS).glob("step_*"))) == 1, log.read_text()[-2000:]
+    assert "Traceback" not in log.read_text()
+
+
 def test_dockerfile_passes_hadolint():
     result = run_command([_hadolint(), "--no-color", "Dockerfile"], check=False)
     assert result.returncode == 0 and not result.stdout.strip(), result.stdout
@@ -481,7 +535,9 @@ def test_dockerfile_builds_the_documented_image():
     user = re.sub(r"\$\{?(\w+)\}?", lambda m: build_args[m.group(1)], values["USER"])
     assert user not in ("root", "0")
     assert [name for name, _ in instructions].index("USER") < [name for name, _ in instructions].index("ENTRYPOINT")
-    assert json.loads(values["ENTRYPOINT"]) + json.loads(values["CMD"]) == ["accelerate", "launch", "train_ddp.py"]
+    assert json.loads(values["ENTRYPOINT"]) + json.loads(values["CMD"]) == ["launch/docker-entrypoint.sh",
+                                                                           "train_ddp.py"]
+    assert "accelerate launch" in (ROOT / "launch" / "docker-entrypoint.sh").read_text()
     assert set(json.loads(values["VOLUME"])) == {f"{values['WORKDIR']}/data", f"{values['WORKDIR']}/runs"}
     for name, args in instructions:  # no W&B secret or mode baked in
         assert not (name in ("ENV", "ARG") and "WANDB" in args), (name, args)
@@ -528,3 +584,14 @@ def test_readme_launch_commands_name_real_files():
     volumes = set(re.findall(r"-v \"?[^\s:\"]+:(/[^\s:\"]+)", readme))  # -v "$PWD/runs:/app/runs" -> /app/runs
     declared = set(json.loads(dict(_dockerfile())["VOLUME"]))
     assert volumes <= declared, volumes - declared
+
+
+@pytest.mark.slow  # runs the benchmark's CPU part
+def test_gpu_checks_dry_run_passes_on_cpu(tmp_path):
+    """The one-shot GPU script, as far as a CPU machine can take it: every step runs, the GPU tests are collected
+    (and skip), and the summary table is written where $OUT says."""
+    result = run_command(["bash", "benchmarks/gpu_checks.sh", "--dry-run"], env={"OUT": str(tmp_path)}, timeout=600)
+    summary = (tmp_path / "summary.md").read_text()
+    for step in ("1. environment", "2. pytest -m gpu", "3. speed"):
+        assert f"| {step}" in summary and "FAILED" not in summary and "TIMED OUT" not in summary, result.stdout
+    assert summary.count("| test_gpu_") == 18

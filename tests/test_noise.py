@@ -12,7 +12,7 @@ from helpers import ExportedRun, run_command
 
 from gan.artifacts import load_generator, read_config
 from gan.data import to_uint8
-from gan.noise import latent_noise, step_noise
+from gan.noise import MAX_SEED, latent_noise, latent_noise_batches, seed_problem, step_noise
 from gan.onnx_generator import OnnxGenerator
 from gan.pictures import SAMPLES_FINAL, save_samples_final
 from gan.samplers import generate, torch_sampler
@@ -47,6 +47,24 @@ def test_step_noise_shards_one_global_batch():
 def test_bad_requests_say_what_is_wrong(arguments, message):
     with pytest.raises(ValueError, match=message):
         latent_noise(*arguments)
+
+
+def test_batches_are_the_noise_of_one_request_bit_for_bit():
+    whole = latent_noise(3, "samples", 2345, 100)
+    for batch_size in (1, 7, 1000, 5000):
+        batches = list(latent_noise_batches(3, "samples", 2345, 100, batch_size))
+        assert max(len(batch) for batch in batches) == min(batch_size, 2345)
+        assert np.array_equal(np.concatenate(batches), whole)
+    with pytest.raises(ValueError, match="seed"):
+        latent_noise_batches(-1, "samples", 4, 100, 2)  # checked at the call, not at the first batch
+    with pytest.raises(ValueError, match="batch size"):
+        latent_noise_batches(0, "samples", 4, 100, 0)
+
+
+def test_every_command_accepts_the_same_seeds():
+    assert seed_problem(0) is None and seed_problem(MAX_SEED) is None
+    for seed in (-1, MAX_SEED + 1):
+        assert seed_problem(seed) == f"--seed must be between 0 and 2**63 - 1, got {seed}"
 
 
 def _rendered(images: np.ndarray, which: str, path: Path) -> np.ndarray:

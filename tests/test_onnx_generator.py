@@ -10,13 +10,27 @@ import numpy as np
 import onnx
 import pytest
 import torch
-from helpers import EXPORT_RUN_NAME, ExportedRun, run_command
+from helpers import EXPORT_RUN_NAME, ExportedRun, nan_onnx_model, run_command
 from PIL import Image
 
+import gan.generate
 from gan.artifacts import load_generator, read_config
 from gan.data import to_uint8 as torch_to_uint8
-from gan.onnx_generator import DEFAULT_INTRA_OP_THREADS, ModelError, OnnxGenerator, open_session, to_uint8
+from gan.onnx_generator import (
+    DEFAULT_INTRA_OP_THREADS,
+    GENERATE_BATCH,
+    ModelError,
+    OnnxGenerator,
+    open_session,
+    to_uint8,
+)
 from gan.pictures import tile
+
+
+@pytest.fixture(scope="module")
+def nan_model(run: ExportedRun, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The fixture's model with a weight tensor of NaN: what an export of a diverged run computes with."""
+    return nan_onnx_model(run.model, tmp_path_factory.mktemp("diverged") / "nan.onnx")
 
 
 def test_generate_matches_pytorch_on_the_same_noise(run: ExportedRun, onnx_generator: OnnxGenerator) -> None:
@@ -70,6 +84,43 @@ def test_wrong_noise_is_a_clear_error(onnx_generator: OnnxGenerator, noise, erro
 def test_nonpositive_count_is_a_clear_error(onnx_generator: OnnxGenerator) -> None:
     with pytest.raises(ValueError, match="positive integer, got 0"):
         onnx_generator.generate(0)
+
+
+def test_nonfinite_noise_is_refused_before_onnxruntime_runs(
+    onnx_generator: OnnxGenerator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def run_must_not_be_called(*args, **kwargs):
+        raise AssertionError("onnxruntime ran on NaN noise")
+
+    monkeypatch.setattr(onnx_generator, "session", type("Session", (), {"run": run_must_not_be_called})())
+    z = np.zeros((4, onnx_generator.latent_dim), np.float32)
+    z[1, 3], z[2, 0] = np.nan, -np.inf
+    with pytest.raises(ValueError, match=r"noise must be finite, but 2 of its 400 values are NaN/inf"):
+        onnx_generator.generate_from_noise(z)
+
+
+def test_a_model_that_computes_nan_is_an_error_not_black_images(nan_model: Path) -> None:
+    generator = OnnxGenerator(nan_model)
+    with pytest.raises(ModelError, match=r"nan\.onnx produced NaN/inf for 5 of 5 images: .* diverged"):
+        generator.generate(5)
+
+
+def test_generate_cli_refuses_a_nan_model_and_writes_nothing(nan_model: Path, tmp_path: Path) -> None:
+    flags = ["--out", str(tmp_path / "grid.png"), "--npy", str(tmp_path / "images.npy")]
+    result = run_command([sys.executable, "-m", "gan.generate", str(nan_model), *flags], timeout=60, check=False)
+    assert result.returncode == 1
+    assert "Traceback" not in result.stderr and len(result.stderr.strip().splitlines()) == 1
+    assert f"{nan_model} produced NaN/inf" in result.stderr
+    assert list(tmp_path.iterdir()) == []  # no grid, no .npy, no temporary file
+
+
+def test_batches_give_the_images_of_one_call_bit_for_bit(onnx_generator: OnnxGenerator) -> None:
+    n = 2 * GENERATE_BATCH + 345  # not a multiple of the batch: the last one is short
+    one_call = onnx_generator.generate_from_noise(onnx_generator.noise(n, seed=4))
+    batches = list(onnx_generator.generate_batches(n, seed=4))
+    assert [len(batch) for batch in batches] == [GENERATE_BATCH, GENERATE_BATCH, 345]
+    assert np.array_equal(np.concatenate(batches), one_call)
+    assert np.array_equal(np.concatenate(list(onnx_generator.generate_batches(n, seed=4, batch_size=7))), one_call)
 
 
 def test_missing_corrupt_and_foreign_models_are_clear_errors(run: ExportedRun, tmp_path: Path) -> None:
@@ -138,6 +189,44 @@ def test_generate_cli_writes_grid_png_and_npy(onnx_generator: OnnxGenerator, run
     with Image.open(out) as png:
         assert png.format == "PNG" and png.mode == "L"
         assert np.array_equal(np.asarray(png), tile(expected, fill=0))  # 4 columns x 3 rows
+
+
+def test_generate_cli_writes_the_npy_batch_by_batch_and_grids_the_first_images(
+    onnx_generator: OnnxGenerator, run: ExportedRun, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    monkeypatch.setattr(gan.generate, "GRID_LIMIT", 50)  # a small grid limit: the rule without 10,000 images
+    out, npy = tmp_path / "grid.png", tmp_path / "images.npy"
+    n = GENERATE_BATCH + 234
+    assert gan.generate.main([str(run.model), "--n", str(n), "--seed", "2", "--out", str(out), "--npy", str(npy)]) == 0
+    expected = onnx_generator.generate_from_noise(onnx_generator.noise(n, seed=2))  # one onnxruntime call
+    assert np.array_equal(np.load(npy), expected)
+    with Image.open(out) as png:
+        assert np.array_equal(np.asarray(png), tile(expected[:50], fill=0))
+    assert f"wrote the first 50 of {n} images" in capsys.readouterr().out
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["grid.png", "images.npy"]  # no temporary files
+
+    with pytest.raises(SystemExit) as exited:  # more than a grid shows, and nowhere to put the rest
+        gan.generate.main([str(run.model), "--n", "51", "--out", str(out)])
+    assert exited.value.code == 2
+    assert "--n 51 is more images than a grid shows (at most 50): add --npy" in capsys.readouterr().err
+
+
+def test_generate_cli_memory_does_not_grow_with_n(run: ExportedRun, tmp_path: Path) -> None:
+    """Peak memory (ru_maxrss) of two real processes: twice the images, the same memory give or take a few MB."""
+    measure = (
+        "import resource, sys; from gan.generate import main; code = main(sys.argv[1:]); "
+        "print('peak_kb', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss); sys.exit(code)"
+    )
+    peaks = {}
+    for n in (gan.generate.GRID_LIMIT + 1, 20_000):  # both above the grid limit: the same grid
+        flags = ["--n", str(n), "--out", str(tmp_path / "g.png"), "--npy", str(tmp_path / "i.npy")]
+        result = run_command([sys.executable, "-c", measure, str(run.model), *flags], timeout=120)
+        peaks[n] = int(result.stdout.split("peak_kb")[-1]) / 1024  # MB
+        assert np.load(tmp_path / "i.npy", mmap_mode="r").shape == (n, 28, 28)
+    # Holding the extra ~10,000 images would add 8 MB as uint8 (16 MB once concatenated) and 31 MB as
+    # onnxruntime's float32 output; in one onnxruntime call, hundreds of MB of activations.
+    assert max(peaks.values()) - min(peaks.values()) < 5, peaks
 
 
 def test_generate_cli_reports_a_corrupt_model(tmp_path: Path) -> None:

@@ -169,13 +169,28 @@ def test_fp16_on_cpu_is_refused_with_advice(shared_data, tmp_path):
     assert result.returncode == 2 and "--mixed-precision bf16" in result.stderr
 
 
-@pytest.mark.slow  # a real 30-step run
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="fp16 loss scaling needs a CUDA GPU")
-def test_fp16_on_gpu_counts_skipped_steps(shared_data, tmp_path):
-    run_command(
-        train_command(
-            *_flags(shared_data, tmp_path, "fp16", "--max-steps", "30", "--mixed-precision", "fp16")
-        )
-    )
-    config = json.loads((tmp_path / "fp16" / CONFIG_FILE).read_text())
-    assert config["mixed_precision"] == "fp16" and 0 <= config["skipped_steps"] < 30
+@pytest.mark.parametrize(
+    ("make", "flags", "status", "expected"),
+    [
+        (lambda d: (d / "file").touch(), ["--output-dir", "{d}/file"], 2, "is a file, but a folder is needed"),
+        (lambda d: (d / "file").touch(), ["--output-dir", "{d}/file/runs"], 2, "is a file, but a folder is needed"),
+        (lambda d: (d / "file").touch(), ["--data-dir", "{d}/file"], 2, "--data-dir"),
+        (lambda d: (d / "KMNIST" / "raw" / "t10k-images-idx3-ubyte.gz").mkdir(parents=True),
+         ["--data-dir", "{d}"], 1, "is a folder, not the data file"),
+        (lambda d: None, ["--run-name", "x" * 300], 2, "--run-name is 300 bytes long"),
+    ],
+)
+def test_bad_paths_are_one_line_before_any_work(shared_data, tmp_path, make, flags, status, expected, capsys):
+    import train_ddp  # in this process: the same main() as the command, without a new interpreter per case
+
+    make(tmp_path)
+    flags = [flag.format(d=tmp_path) for flag in flags]
+    argv = ["--data-dir", str(shared_data), "--split", "test", "--no-download", "--report-to", "none",
+            "--output-dir", str(tmp_path / "runs"), *flags]
+    try:
+        returned = train_ddp.main(argv)
+    except SystemExit as exit_:  # problems found while parsing
+        returned = exit_.code
+    stderr = capsys.readouterr().err
+    assert returned == status and expected in stderr and "Traceback" not in stderr
+    assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())  # no run folder was made

@@ -15,16 +15,19 @@ def _worker(rank: int, world_size: int, port: int, output_dir: str, queue) -> No
     # The variables torchrun sets: accelerate starts gloo processes from them.
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), LOCAL_RANK=str(rank),
                       WORLD_SIZE=str(world_size), LOCAL_WORLD_SIZE=str(world_size))
+    import torch
+
+    import gan.step
     import gan.trainer
     from gan.config import TrainConfig
 
     calls = []
 
-    def one_skip(gan) -> int:  # what fp16 loss scaling reports when it skips a step: the same on every process
+    def one_skip(scales, device) -> torch.Tensor:  # what fp16 loss scaling reports for a skip: the same everywhere
         calls.append(None)
-        return int(len(calls) == SKIPPED_AT_CALL)
+        return torch.tensor(float(len(calls) == SKIPPED_AT_CALL), device=device)
 
-    gan.trainer.skipped_steps = one_skip
+    gan.step.skipped_steps = one_skip
     config = TrainConfig(cpu=True, data_dir=str(SHARED_DATA), split="test", no_download=True, max_steps=5,
                          batch_size=32, report_to="none", eval_every=0, ema_decay=0, output_dir=output_dir,
                          run_name="skips")
