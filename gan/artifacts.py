@@ -14,7 +14,8 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from gan.atomic_write import atomic_path
-from gan.models import Generator
+from gan.data import CLASS_CHARACTERS
+from gan.models import LABEL_DIM, Generator
 
 CONFIG_FILE = "config.json"
 GENERATOR_FILE = "generator.safetensors"
@@ -47,9 +48,10 @@ def plain_state_dict(generator: nn.Module) -> dict[str, torch.Tensor]:
     BatchNorm or wrapper the training used.
     """
     state = {k: v.detach().float().cpu() for k, v in generator.state_dict().items()}
-    latent_dim = state["main.0.weight"].shape[0]
+    num_classes = state["label_embedding.weight"].shape[0] if "label_embedding.weight" in state else 0
+    latent_dim = state["main.0.weight"].shape[0] - (LABEL_DIM if num_classes else 0)
     base_width = state["main.0.weight"].shape[1] // 4
-    plain = Generator(latent_dim, base_width)
+    plain = Generator(latent_dim, base_width, num_classes)
     plain.load_state_dict(state)
     return {k: v.contiguous() for k, v in plain.state_dict().items()}
 
@@ -64,6 +66,10 @@ def save_final_generators(run_dir: Path, trained: nn.Module, ema: nn.Module | No
     ``generator_trained.safetensors``; returns which weights the main file holds ("ema" or "trained")."""
     which = "ema" if ema is not None else "trained"
     metadata = {"run_name": run_dir.name, "step": str(step), "weights": which}
+    num_classes = getattr(trained, "num_classes", 0)
+    if num_classes:  # what a conditional generator's labels mean, in the file itself
+        metadata.update(num_classes=str(num_classes), class_names=json.dumps(CLASS_CHARACTERS[:num_classes],
+                                                                             ensure_ascii=False))
     save_generator(ema if ema is not None else trained, run_dir / GENERATOR_FILE, metadata)
     if ema is not None:
         save_generator(trained, run_dir / TRAINED_GENERATOR_FILE, {**metadata, "weights": "trained"})
@@ -93,7 +99,7 @@ def load_generator(run_dir: str | os.PathLike, device: str | torch.device = "cpu
             f"{path} is not a readable safetensors file ({error}); it is corrupt or truncated. Re-run training or "
             f"restore the file."
         ) from None
-    generator = Generator(config["latent_dim"], config["base_width"]).to(device)
+    generator = Generator(config["latent_dim"], config["base_width"], config.get("num_classes", 0)).to(device)
     try:
         generator.load_state_dict(state)
     except RuntimeError as error:

@@ -2,6 +2,13 @@
 
 Module structure mirrors the chapter (``self.main`` is one ``nn.Sequential`` in its layer order), so state-dict keys
 read ``main.0.weight``, ``main.1.running_mean``, ... The model code knows nothing of devices or parallelism.
+
+With ``num_classes`` > 0 both networks are class-conditional, and only two modules are added to the chapter's:
+the generator joins a learned label embedding (``label_embedding``, LABEL_DIM numbers per class) to z before its
+first layer, whose input widens from latent_dim to latent_dim + LABEL_DIM; the discriminator is a projection
+discriminator (Miyato & Koyama 2018): its logit is the chapter's last layer plus the inner product of a learned
+class embedding (``projection``, one vector per class) with the spatially summed features that layer reads.
+With ``num_classes`` = 0 (the default) they are the chapter's networks, unchanged to the last parameter.
 """
 
 from __future__ import annotations
@@ -12,17 +19,21 @@ from torch import nn
 LATENT_DIM = 100
 BASE_WIDTH = 28  # the chapter's "image_size": channel widths are multiples of it
 IMAGE_SHAPE = (1, 28, 28)
+LABEL_DIM = 10  # numbers per class in the conditional generator's label embedding, joined to z
 
 
 class Generator(nn.Module):
-    """z [N, latent_dim] or [N, latent_dim, 1, 1] -> images [N, 1, 28, 28] in [-1, 1]."""
+    """z [N, latent_dim] or [N, latent_dim, 1, 1] (and, if conditional, labels int64 [N]) -> images [N, 1, 28, 28]
+    in [-1, 1]."""
 
-    def __init__(self, latent_dim: int = LATENT_DIM, base_width: int = BASE_WIDTH):
+    def __init__(self, latent_dim: int = LATENT_DIM, base_width: int = BASE_WIDTH, num_classes: int = 0):
         super().__init__()
         self.latent_dim = latent_dim
+        self.num_classes = num_classes
         w = base_width
+        inputs = latent_dim + (LABEL_DIM if num_classes else 0)
         self.main = nn.Sequential(
-            nn.ConvTranspose2d(latent_dim, w * 4, 4, 1, 0, bias=False),  # (N, 112, 4, 4)
+            nn.ConvTranspose2d(inputs, w * 4, 4, 1, 0, bias=False),  # (N, 112, 4, 4)
             nn.BatchNorm2d(w * 4),
             nn.ReLU(True),
             nn.ConvTranspose2d(w * 4, w * 2, 4, 2, 1, bias=False),  # (N, 56, 8, 8)
@@ -35,18 +46,27 @@ class Generator(nn.Module):
             nn.Tanh(),
         )
         init_weights(self)
+        if num_classes:
+            # after the chapter's initialisation, so that an unconditional model draws the same initial weights
+            self.label_embedding = nn.Embedding(num_classes, LABEL_DIM)  # N(0, 1): on the scale of z
 
-    def forward(self, z: torch.Tensor) -> torch.Tensor:
-        if z.dim() == 2:
-            z = z[:, :, None, None]
-        return self.main(z)
+    def forward(self, z: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
+        if z.dim() == 4:
+            z = z.flatten(1)
+        if self.num_classes:
+            if labels is None:
+                raise ValueError(f"this generator is conditional on {self.num_classes} classes: pass labels [N]")
+            z = torch.cat([z, self.label_embedding(labels).to(z.dtype)], dim=1)
+        return self.main(z[:, :, None, None])
 
 
 class Discriminator(nn.Module):
-    """images [N, 1, 28, 28] -> logits [N] (no Sigmoid: the loss is BCE-with-logits)."""
+    """images [N, 1, 28, 28] (and, if conditional, labels int64 [N]) -> logits [N] (no Sigmoid: the loss is
+    BCE-with-logits)."""
 
-    def __init__(self, base_width: int = BASE_WIDTH):
+    def __init__(self, base_width: int = BASE_WIDTH, num_classes: int = 0):
         super().__init__()
+        self.num_classes = num_classes
         w = base_width
         self.main = nn.Sequential(
             nn.Conv2d(1, w, 4, 2, 1, bias=False),  # (N, 28, 14, 14)
@@ -60,9 +80,18 @@ class Discriminator(nn.Module):
             nn.Conv2d(w * 4, 1, 4, 2, 1, bias=False),  # (N, 1, 1, 1)
         )
         init_weights(self)
+        if num_classes:
+            self.projection = nn.Embedding(num_classes, w * 4)
+            nn.init.normal_(self.projection.weight, 0.0, 0.02)  # like the convs: the class term starts small
 
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return self.main(images).flatten()
+    def forward(self, images: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
+        if not self.num_classes:
+            return self.main(images).flatten()
+        if labels is None:
+            raise ValueError(f"this discriminator is conditional on {self.num_classes} classes: pass labels [N]")
+        features = self.main[:-1](images)  # (N, 112, 3, 3): what the chapter's last layer reads
+        projected = (self.projection(labels).to(features.dtype) * features.sum(dim=(2, 3))).sum(dim=1)
+        return self.main[-1](features).flatten() + projected
 
 
 def init_weights(module: nn.Module) -> None:

@@ -16,6 +16,7 @@ import numpy as np
 # Each purpose has its own stream: the grid's noise never repeats a training step's.
 PURPOSES = {"step": 1, "grid": 2, "samples": 3, "verify": 4}
 GRID_SIZE = 64  # the chapter's fixed grid: 64 noise vectors, shown 8x8
+LABELS = 5  # the stream of the training steps' fake-image labels (not a latent-noise purpose)
 # The largest seed a run can have (torch.manual_seed takes 64-bit seeds; gan.config bounds --seed the same way).
 # Every command accepts the same range, so any run's seed can be passed to generation and evaluation.
 MAX_SEED = 2**63 - 1
@@ -64,6 +65,28 @@ def _stream(seed: int, purpose: str, count: int, index: int) -> np.random.Genera
     if not isinstance(count, (int, np.integer)) or count < 1:
         raise ValueError(f"the number of noise vectors must be a positive integer, got {count!r}")
     return np.random.Generator(np.random.PCG64(np.random.SeedSequence([int(seed), PURPOSES[purpose], int(index)])))
+
+
+def sample_labels(count: int, num_classes: int) -> np.ndarray:
+    """Class labels int64 [count] for a conditional generator's samples: 0, 1, ..., num_classes - 1, 0, 1, ...
+
+    Balanced and in a fixed order, so that every class is present (from ``num_classes`` samples on) and the n-th
+    sample of a seed has the same noise and the same class in the run, ``gan.generate`` and ``gan.evaluate``.
+    """
+    return np.arange(count, dtype=np.int64) % num_classes
+
+
+def step_labels(seed: int, step: int, global_batch_size: int, num_classes: int, process_index: int = 0,
+                num_processes: int = 1) -> np.ndarray:
+    """This process's share of step ``step``'s fake-image labels, int64, uniform over the classes.
+
+    Drawn like :func:`step_noise` for the whole global batch from (seed, step), in a stream of their own, so any
+    number of processes sees the same labels.
+    """
+    generator = np.random.Generator(np.random.PCG64(np.random.SeedSequence([int(seed), LABELS, int(step)])))
+    labels = generator.integers(0, num_classes, size=global_batch_size, dtype=np.int64)
+    local = global_batch_size // num_processes
+    return labels[process_index * local : (process_index + 1) * local]
 
 
 def step_noise(seed: int, step: int, global_batch_size: int, latent_dim: int, process_index: int = 0,

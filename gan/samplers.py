@@ -16,18 +16,28 @@ from torch import nn
 
 from gan.artifacts import ArtifactError, load_generator
 from gan.classifier import EvaluationError
-from gan.noise import latent_noise_batches
+from gan.noise import latent_noise_batches, sample_labels
 
-Sampler = Callable[[torch.Tensor], torch.Tensor]
-"""z float32 [B, latent_dim] (CPU) -> images [B, 1, 28, 28] in [-1, 1]."""
+Sampler = Callable[..., torch.Tensor]
+"""z float32 [B, latent_dim] (CPU) -> images [B, 1, 28, 28] in [-1, 1]; a conditional generator's sampler also takes
+labels int64 [B] as a second argument."""
 
 
 def generate(
-    sampler: Sampler, latent_dim: int, num_samples: int, seed: int = 0, batch_size: int = 1000
+    sampler: Sampler, latent_dim: int, num_samples: int, seed: int = 0, batch_size: int = 1000,
+    num_classes: int = 0,
 ) -> torch.Tensor:
-    """``num_samples`` images [N, 1, 28, 28] (CPU float32) from the sample noise of ``seed``, in batches."""
+    """``num_samples`` images [N, 1, 28, 28] (CPU float32) from the sample noise of ``seed``, in batches; for a
+    conditional generator (``num_classes`` > 0) with the labels of :func:`gan.noise.sample_labels`."""
     noise = latent_noise_batches(seed, "samples", num_samples, latent_dim, batch_size)  # (<= batch_size, latent_dim)
-    return torch.cat([sampler(torch.from_numpy(z)).float().cpu() for z in noise])
+    labels = torch.from_numpy(sample_labels(num_samples, num_classes)) if num_classes else None
+    images, start = [], 0
+    for z in noise:
+        z = torch.from_numpy(z)
+        batch = sampler(z) if labels is None else sampler(z, labels[start : start + len(z)])
+        images.append(batch.float().cpu())
+        start += len(z)
+    return torch.cat(images)
 
 
 def torch_sampler(generator: nn.Module) -> Sampler:
@@ -35,8 +45,10 @@ def torch_sampler(generator: nn.Module) -> Sampler:
     weight = next(generator.parameters())
 
     @torch.no_grad()
-    def sample(z: torch.Tensor) -> torch.Tensor:
-        return generator(z.to(weight.device, weight.dtype))
+    def sample(z: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
+        if labels is None:
+            return generator(z.to(weight.device, weight.dtype))
+        return generator(z.to(weight.device, weight.dtype), labels.to(weight.device))
 
     return sample
 
@@ -54,7 +66,9 @@ def onnx_sampler(path: str | os.PathLike) -> tuple[Sampler, int]:
     except ModelError as error:  # one error type for every unusable model file, ONNX or run folder
         raise ArtifactError(str(error)) from None
 
-    def sample(z: torch.Tensor) -> torch.Tensor:
+    def sample(z: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
+        if labels is not None:
+            raise ArtifactError(f"{path}: conditional ONNX models are not supported yet")
         try:
             return torch.from_numpy(generator.generate_raw(z.float().numpy()))
         except ModelError as error:  # NaN/inf images: a broken model file, like one that cannot be loaded

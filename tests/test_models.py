@@ -4,7 +4,7 @@ import pytest
 import torch
 from torch import nn
 
-from gan.models import Discriminator, Generator
+from gan.models import LABEL_DIM, Discriminator, Generator
 
 
 def _conv_params(c_in: int, c_out: int, k: int) -> int:
@@ -80,3 +80,19 @@ def test_custom_latent_dim_and_width():
     generator = Generator(latent_dim=16, base_width=8)
     assert generator(torch.randn(2, 16)).shape == (2, 1, 28, 28)
     assert Discriminator(base_width=8)(torch.randn(2, 1, 28, 28)).shape == (2,)
+
+
+def test_a_conditional_pair_adds_only_the_label_embedding_and_the_projection():
+    torch.manual_seed(0)
+    generator, discriminator = Generator(num_classes=10), Discriminator(num_classes=10)
+    plain_g, plain_d = Generator(), Discriminator()
+    assert set(generator.state_dict()) - set(plain_g.state_dict()) == {"label_embedding.weight"}
+    assert set(discriminator.state_dict()) - set(plain_d.state_dict()) == {"projection.weight"}
+    assert generator.main[0].in_channels == 100 + LABEL_DIM
+    z, labels = torch.randn(6, 100), torch.tensor([0, 1, 2, 3, 4, 9])
+    images = generator(z, labels)
+    assert images.shape == (6, 1, 28, 28) and discriminator(images, labels).shape == (6,)
+    assert not torch.allclose(generator(z, labels), generator(z, (labels + 1) % 10))  # the label matters
+    assert not torch.allclose(discriminator(images, labels), discriminator(images, (labels + 1) % 10))
+    with pytest.raises(ValueError, match="conditional on 10 classes"):
+        generator(z)
