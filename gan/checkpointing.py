@@ -298,6 +298,9 @@ def _latest(config: TrainConfig) -> ResumePlan | None:
             return ResumePlan(run, run)
         if config.resume == "auto":
             return None
+        if is_finished(run):
+            raise SetupError(f"  - --resume latest: {run} is a finished run whose checkpoints are gone, so there is "
+                             f"nothing to resume; train a new run under another --run-name")
         if (run / CONFIG_FILE).exists():
             raise SetupError(f"  - --resume latest: {run} stopped before its first checkpoint, so there is nothing to "
                              f"resume; start it afresh with: {start_command(run)}")

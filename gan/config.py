@@ -19,7 +19,7 @@ from gan.cli import (
     given_fields,
     parse_validated,
 )
-from gan.data import SPLIT_SIZES, SPLITS
+from gan.data import NUM_CLASSES, SPLIT_SIZES, SPLITS
 from gan.noise import seed_problem
 
 MIXED_PRECISION = ("no", "fp16", "bf16")
@@ -112,6 +112,14 @@ class TrainConfig:
     latent_dim: int = field(default=100, metadata=field_flag("size of the generator's noise vector", group="model"))
     base_width: int = field(
         default=28, metadata=field_flag("channel width unit of both networks (the chapter's 28)", group="model")
+    )
+    num_classes: int = field(
+        default=0,
+        metadata=field_flag(
+            "class-conditional training on KMNIST's first N classes (labels 0..N-1; 10: all of them), so that "
+            "samples can be asked for by character; 0: the chapter's unconditional model",
+            group="model",
+        ),
     )
     seed: int = field(default=0, metadata=field_flag("run seed: weights, data order, noise", group="model"))
     mixed_precision: str | None = field(
@@ -285,9 +293,13 @@ class TrainConfig:
                             ("dist_timeout", MAX_DIST_TIMEOUT), ("eval_samples", MAX_EVAL_SAMPLES)):
             if getattr(self, name) > bound:
                 found.append(f"{flag_name(name)} must be at most {bound}, got {getattr(self, name)}")
-        if self.batch_size > SPLIT_SIZES[self.split]:
-            found.append(f"--batch-size {self.batch_size} is larger than the {self.split} split "
-                         f"({SPLIT_SIZES[self.split]} images); choose at most that, or a larger --split")
+        if self.num_classes and not 2 <= self.num_classes <= NUM_CLASSES:
+            found.append(f"--num-classes must be 0 (unconditional) or 2..{NUM_CLASSES} (KMNIST has {NUM_CLASSES} "
+                         f"classes), got {self.num_classes}")
+        elif self.batch_size > self.training_images:
+            classes = f" of its first {self.num_classes} classes" if self.num_classes else ""
+            found.append(f"--batch-size {self.batch_size} is larger than the {self.split} split{classes} "
+                         f"({self.training_images} images); choose at most that, or a larger --split")
         from gan.metrics import PRECISION_RECALL_K  # torchmetrics: imported only when checking this
 
         if 1 <= self.eval_samples <= PRECISION_RECALL_K and self.eval_every != 0:
@@ -322,6 +334,12 @@ class TrainConfig:
         if self.dtype == "float64" and self.mixed_precision not in (None, "no"):
             found.append(f"--dtype float64 cannot be combined with --mixed-precision {self.mixed_precision}")
         return found
+
+    @property
+    def training_images(self) -> int:
+        """How many images the run trains on: the split, or the part of it in the first --num-classes classes
+        (KMNIST's splits hold the same number of images of every class)."""
+        return SPLIT_SIZES[self.split] * (self.num_classes or NUM_CLASSES) // NUM_CLASSES
 
     def to_dict(self) -> dict[str, Any]:
         """Every setting (what config.json records), without the record of this command line."""

@@ -207,7 +207,8 @@ class ShardedBatches:
 
     Every epoch is one permutation shared by all processes; the last incomplete global batch is dropped so that
     every step sees the same number of images on every process. Batches are drawn by indexing the in-memory uint8
-    tensor (on the training device) and scaled to [-1, 1] there: no per-item Python work.
+    tensor (on the training device) and scaled to [-1, 1] there: no per-item Python work. ``labels`` (int64 [N],
+    for a class-conditional run) are drawn by the same indices as their images.
     """
 
     def __init__(
@@ -218,6 +219,7 @@ class ShardedBatches:
         process_index: int = 0,
         num_processes: int = 1,
         dtype: torch.dtype = torch.float32,
+        labels: torch.Tensor | None = None,
     ):
         if global_batch_size % num_processes:
             raise ValueError(
@@ -225,7 +227,10 @@ class ShardedBatches:
             )
         if len(images) < global_batch_size:
             raise ValueError(f"{len(images)} images are fewer than one global batch of {global_batch_size}")
+        if labels is not None and labels.shape != images.shape[:1]:
+            raise ValueError(f"{len(images)} images need as many labels, got labels of shape {list(labels.shape)}")
         self.images = images
+        self.labels = labels
         self.global_batch_size = global_batch_size
         self.local_batch_size = global_batch_size // num_processes
         self.seed = seed
@@ -246,6 +251,33 @@ class ShardedBatches:
 
     def epoch(self, epoch: int, start_batch: int = 0) -> Iterator[torch.Tensor]:
         """This process's batches of ``epoch`` from ``start_batch`` on, [B, 1, 28, 28] in [-1, 1]."""
+        for images, _ in self.labelled_epoch(epoch, start_batch):
+            yield images
+
+    def labelled_epoch(self, epoch: int, start_batch: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor | None]]:
+        """:meth:`epoch`'s batches with their labels int64 [B] (None when built without labels)."""
         order = epoch_permutation(len(self.images), self.seed, epoch).to(self.images.device)
         for batch in range(start_batch, self.steps_per_epoch):
-            yield to_signed_unit(self.images[order[self._local_slice(batch)]]).unsqueeze(1).to(self.dtype)
+            indices = order[self._local_slice(batch)]
+            images = to_signed_unit(self.images[indices]).unsqueeze(1).to(self.dtype)
+            yield images, (self.labels[indices] if self.labels is not None else None)
+
+
+def first_classes(data: KMNISTData, num_classes: int) -> KMNISTData:
+    """The images of labels 0..num_classes-1 (all of them for 0, an unconditional run, or for every class)."""
+    if num_classes in (0, NUM_CLASSES):
+        return data
+    keep = data.labels < num_classes
+    return KMNISTData(data.images[keep], data.labels[keep], data.split)
+
+
+def class_exemplars(data: KMNISTData, num_classes: int) -> torch.Tensor:
+    """uint8 [num_classes, 28, 28]: the first image of each class in the split, which labels a class's row of
+    samples in the pictures (a real image shows the character where no font can: matplotlib's have no kana)."""
+    firsts = []
+    for label in range(num_classes):
+        (where,) = torch.nonzero(data.labels == label, as_tuple=True)
+        if not len(where):
+            raise DataError(f"the {data.split} split holds no image of class {label}")
+        firsts.append(where[0])
+    return data.images[torch.stack(firsts)]

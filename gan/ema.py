@@ -21,7 +21,8 @@ class GeneratorEMA:
         self.decay = decay
         self.updates = 0
         state = plain_state_dict(generator)
-        self.model = Generator(state["main.0.weight"].shape[0], state["main.0.weight"].shape[1] // 4)
+        # latent_dim and num_classes from the module: a conditional first layer reads latent_dim + LABEL_DIM numbers
+        self.model = Generator(generator.latent_dim, state["main.0.weight"].shape[1] // 4, generator.num_classes)
         self.model.load_state_dict(state)
         dtype = next(generator.parameters()).dtype  # fp64 runs (--dtype float64) average in fp64
         self.model.to(device, dtype).eval().requires_grad_(False)
@@ -49,5 +50,6 @@ class GeneratorEMA:
 
     def load_tensors(self, tensors: dict[str, torch.Tensor]) -> None:
         """Restore what :meth:`tensors` returned."""
-        self.model.load_state_dict({k[4:]: v for k, v in tensors.items() if k.startswith("ema.main")})
+        names = self.model.state_dict().keys()
+        self.model.load_state_dict({name: tensors[f"ema.{name}"] for name in names})
         self.updates = int(tensors["ema.updates"])

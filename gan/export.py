@@ -2,7 +2,9 @@
 
 The file's interface is the contract with other applications (``gan/onnx_generator.py``, ``examples/node``,
 ``examples/web``): input ``z`` float32 [batch, latent_dim], output ``images`` float32 [batch, 1, 28, 28] in
-[-1, 1], the run's provenance in ``metadata_props``. Verification never trusts the exporter: it loads the
+[-1, 1], the run's provenance in ``metadata_props``. A class-conditional generator (a run trained with
+``--num-classes``) has a second input ``labels`` int64 [batch], and its metadata says what the labels mean
+(``num_classes``, ``class_names``, ``class_names_romanized``). Verification never trusts the exporter: it loads the
 saved file back, runs ``onnx.checker`` with ``full_check=True`` and compares a fresh onnxruntime session with
 the PyTorch generator. The files are written and verified under temporary names and take their final names
 only when every check has passed, so a failed export leaves an earlier good one as it was.
@@ -13,6 +15,7 @@ from __future__ import annotations
 import argparse
 import copy
 import json
+import warnings
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,9 +31,10 @@ from torch.nn.utils.fusion import fuse_conv_bn_eval
 from gan.artifacts import CONFIG_FILE, GENERATOR_FILE, load_generator
 from gan.atomic_write import atomic_path, write_json
 from gan.cli import add_dataclass_flags, parse_validated
+from gan.data import CLASS_CHARACTERS, CLASS_NAMES
 from gan.models import IMAGE_SHAPE, Generator
-from gan.noise import latent_noise
-from gan.onnx_generator import BATCH_AXIS, INPUT_NAME, OUTPUT_NAME, open_session
+from gan.noise import latent_noise, sample_labels
+from gan.onnx_generator import BATCH_AXIS, INPUT_NAME, LABELS_NAME, OUTPUT_NAME, open_session
 from gan.paths import output_file_problem
 
 DATASET = "Kuzushiji-MNIST"
@@ -40,7 +44,7 @@ REPORT_FILE = "export_report.json"
 FAILED_REPORT_FILE = "export_report.failed.json"
 MODEL_FILE = "generator.onnx"
 EXAMPLE_BATCH = 2  # >= 2: an example batch of 1 lets the exporter specialise the batch axis to the constant 1
-VERIFY_BATCHES = (1, 7, 64, 1000)
+VERIFY_BATCHES = (1, 7, 64, 1000)  # a conditional model's labels: sample_labels, so 64 and 1000 hold every class
 VERIFY_SEED = 0
 MIN_OPSET = 18  # the dynamo exporter's oldest opset
 # Max abs difference from the fp32 PyTorch generator allowed for each precision. fp32: float32 rounding of a
@@ -186,7 +190,7 @@ def model_metadata(config: dict[str, Any], precision: str) -> dict[str, str]:
         return config[key]
 
     channels, height, width = IMAGE_SHAPE
-    return {
+    metadata = {
         "latent_dim": str(required("latent_dim")),
         "image_channels": str(channels),
         "image_height": str(height),
@@ -203,6 +207,14 @@ def model_metadata(config: dict[str, Any], precision: str) -> dict[str, str]:
         "precision": precision,
         "torch_version": torch.__version__,
     }
+    num_classes = int(config.get("num_classes", 0))
+    if num_classes:  # what the labels mean: KMNIST's class map, in label order (the same for every run)
+        metadata.update(
+            num_classes=str(num_classes),
+            class_names=json.dumps(CLASS_CHARACTERS[:num_classes], ensure_ascii=False),
+            class_names_romanized=json.dumps(CLASS_NAMES[:num_classes]),
+        )
+    return metadata
 
 
 class _HalfPrecision(nn.Module):
@@ -212,8 +224,8 @@ class _HalfPrecision(nn.Module):
         super().__init__()
         self.generator = generator
 
-    def forward(self, z: torch.Tensor) -> torch.Tensor:
-        return self.generator(z.to(torch.float16)).to(torch.float32)
+    def forward(self, z: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
+        return self.generator(z.to(torch.float16), labels).to(torch.float32)
 
 
 def fold_batchnorm(generator: Generator) -> Generator:
@@ -243,21 +255,36 @@ def export_onnx(
     if precision == "fp16":
         module = _HalfPrecision(fold_batchnorm(generator).half()).eval()
     example = torch.from_numpy(latent_noise(VERIFY_SEED, "verify", EXAMPLE_BATCH, generator.latent_dim))
-    program = torch.onnx.export(
-        module,
-        (example,),
-        dynamo=True,
-        input_names=[INPUT_NAME],
-        output_names=[OUTPUT_NAME],
-        dynamic_shapes={"z": {0: torch.export.Dim(BATCH_AXIS)}},
-        opset_version=opset,
-        verbose=False,
-    )
+    batch = torch.export.Dim(BATCH_AXIS)
+    if generator.num_classes:  # z and labels share the one batch axis
+        inputs = (example, torch.from_numpy(sample_labels(EXAMPLE_BATCH, generator.num_classes)))
+        names, dynamic_shapes = [INPUT_NAME, LABELS_NAME], {"z": {0: batch}, "labels": {0: batch}}
+    else:
+        inputs, names, dynamic_shapes = (example,), [INPUT_NAME], {"z": {0: batch}}
+    with warnings.catch_warnings():
+        # z's and labels' batch axis is one axis on purpose; the exporter warns that it names it once, not twice.
+        warnings.filterwarnings("ignore", message=f"# The axis name: {BATCH_AXIS} will not be used")
+        program = torch.onnx.export(
+            module,
+            inputs,
+            dynamo=True,
+            input_names=names,
+            output_names=[OUTPUT_NAME],
+            dynamic_shapes=dynamic_shapes,
+            opset_version=opset,
+            verbose=False,
+        )
     program.model.metadata_props.update(metadata)
     # One file: the default external-data layout writes weights to a separate .data file that web/mobile apps
     # handle badly (the generator is ~1 MB, far below protobuf's 2 GB limit). Written as named:
     # run_export gives a temporary name and renames it once verified.
     program.save(path, external_data=False)
+
+
+def verify_labels(num_classes: int) -> torch.Tensor | None:
+    """The labels of the verification batches, int64 [max(VERIFY_BATCHES)] (None for an unconditional model): the
+    classes in turn, so that each batch from num_classes images on compares every class."""
+    return torch.from_numpy(sample_labels(max(VERIFY_BATCHES), num_classes)) if num_classes else None
 
 
 def _io_description(node: ort.NodeArg) -> dict[str, Any]:
@@ -290,23 +317,27 @@ def verify_onnx(
     except RuntimeError as error:  # its message names the temporary file: name the one the user asked for
         raise ExportError(str(error).replace(str(path), str(name))) from None
 
-    expected_input = {"name": INPUT_NAME, "dtype": "tensor(float)", "shape": [BATCH_AXIS, latent_dim]}
+    expected_inputs = [{"name": INPUT_NAME, "dtype": "tensor(float)", "shape": [BATCH_AXIS, latent_dim]}]
+    if generator.num_classes:
+        expected_inputs.append({"name": LABELS_NAME, "dtype": "tensor(int64)", "shape": [BATCH_AXIS]})
     expected_output = {"name": OUTPUT_NAME, "dtype": "tensor(float)", "shape": [BATCH_AXIS, *IMAGE_SHAPE]}
     inputs = [_io_description(node) for node in session.get_inputs()]
     outputs = [_io_description(node) for node in session.get_outputs()]
-    if inputs != [expected_input]:
-        failures.append(f"inputs are {inputs}, expected [{expected_input}]")
+    if inputs != expected_inputs:
+        failures.append(f"inputs are {inputs}, expected {expected_inputs}")
     if outputs != [expected_output]:
         failures.append(f"outputs are {outputs}, expected [{expected_output}]")
 
     fixed_noise = torch.from_numpy(latent_noise(VERIFY_SEED, "verify", max(VERIFY_BATCHES), latent_dim))
+    fixed_labels = verify_labels(generator.num_classes)
     batches = []
     for batch in VERIFY_BATCHES:
-        z = fixed_noise[:batch]
+        z, labels = fixed_noise[:batch], fixed_labels[:batch] if fixed_labels is not None else None
+        feeds = {INPUT_NAME: z.numpy()} | ({LABELS_NAME: labels.numpy()} if labels is not None else {})
         with torch.no_grad():
-            expected = generator(z).numpy()  # (batch, 1, 28, 28)
+            expected = generator(z, labels).numpy()  # (batch, 1, 28, 28)
         try:
-            (actual,) = session.run([OUTPUT_NAME], {INPUT_NAME: z.numpy()})
+            (actual,) = session.run([OUTPUT_NAME], feeds)
         except Exception as error:  # onnxruntime's own error classes
             failures.append(f"batch {batch}: onnxruntime failed: {error}")
             batches.append({"batch": batch, "error": str(error), "passed": False})
@@ -321,6 +352,8 @@ def verify_onnx(
             "mean_abs_diff": float(np.abs(actual - expected).mean()) if shape_ok else float("nan"),
             "passed": bool(shape_ok and actual.dtype == np.float32 and max_abs_diff <= tolerance),
         }
+        if labels is not None:
+            entry["classes"] = sorted(set(labels.tolist()))  # the classes this batch compared
         if not shape_ok:
             failures.append(f"batch {batch}: output shape {list(actual.shape)}, expected {list(expected.shape)}")
         if actual.dtype != np.float32:

@@ -1,7 +1,9 @@
-"""``python -m gan.generate MODEL.onnx --n 64 --seed 0 --out grid.png [--npy F]``: images without torch.
+"""``python -m gan.generate MODEL.onnx --n 64 --seed 0 --out grid.png [--npy F] [--label つ]``: images without torch.
 
-The images are made a batch at a time (``gan.onnx_generator.GENERATE_BATCH``) and each batch is appended to the
-.npy file, so memory stays the same at any --n. Both files appear complete or not at all.
+A class-conditional model makes the class that ``--label`` names, or without it goes through its classes in turn
+(:func:`gan.noise.sample_labels`), drawn one column per class. The images are made a batch at a time
+(``gan.onnx_generator.GENERATE_BATCH``) and each batch is appended to the .npy file, so memory stays the same at any
+--n. Both files appear complete or not at all.
 """
 
 from __future__ import annotations
@@ -48,7 +50,18 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--npy", type=Path, default=None, help="also write all uint8 images [n, 28, 28] to this .npy")
     parser.add_argument(
-        "--columns", type=int, default=None, help="images per grid row, at most the images shown (default: near-square)"
+        "--label",
+        default=None,
+        help="a class-conditional model: make only this class, given as its index (3), character (つ) or romanized "
+        "name (tsu). Without it the images go through the classes in turn (お き す つ な は ま や れ を お ...) and "
+        "the grid has one column per class. An unconditional model takes no --label",
+    )
+    parser.add_argument(
+        "--columns",
+        type=int,
+        default=None,
+        help="images per grid row, at most the images shown (default: near-square; one column per class for a "
+        "conditional model without --label)",
     )
     parser.add_argument(
         "--threads", type=int, default=1, help="onnxruntime intra-op threads: 0 (one per core) up to the cores"
@@ -70,7 +83,21 @@ def problems(args: argparse.Namespace) -> list[str]:
     cores = os.cpu_count() or 1
     if not 0 <= args.threads <= cores:
         found.append(f"--threads must be between 0 (one per core) and {cores} (the cores here), got {args.threads}")
-    return found + file_problems(args)
+    return found + file_problems(args) + [problem for problem in [label_problem(args)] if problem]
+
+
+def label_problem(args: argparse.Namespace) -> str | None:
+    """Is --label a class of the model? Asked of the model itself: a model that cannot be read is another problem, and
+    one that cannot be loaded is left to :func:`main` (exit status 1, like any unusable file)."""
+    if args.label is None or input_file_problem(args.model, "MODEL", ".onnx file"):
+        return None
+    try:
+        OnnxGenerator(args.model).check_labels(args.label, 1)
+    except ModelError:
+        return None
+    except ValueError as error:
+        return f"--label {args.label}: {error}"
+    return None
 
 
 def file_problems(args: argparse.Namespace) -> list[str]:
@@ -112,12 +139,15 @@ def npy_file(path: Path, shape: tuple[int, ...]) -> Iterator[BinaryIO]:
             raise RuntimeError(f"wrote {file.tell() - start} bytes of images to {path}, expected {np.prod(shape)}")
 
 
-def write_images(generator: OnnxGenerator, n: int, seed: int, npy: Path | None) -> np.ndarray:
-    """Generate ``n`` images batch by batch, appending each batch to ``npy`` (when given); returns the grid's."""
+def write_images(
+    generator: OnnxGenerator, n: int, seed: int, npy: Path | None, label: str | None = None
+) -> np.ndarray:
+    """Generate ``n`` images (of class ``label``, for a conditional model) batch by batch, appending each batch to
+    ``npy`` (when given); returns the grid's."""
     shown: list[np.ndarray] = []
     kept = 0
     with npy_file(npy, (n, *NPY_SHAPE)) if npy is not None else nullcontext() as file:
-        for images in generator.generate_batches(n, seed):  # uint8 [<= GENERATE_BATCH, 28, 28]
+        for images in generator.generate_batches(n, seed, labels=label):  # uint8 [<= GENERATE_BATCH, 28, 28]
             if file is not None:
                 file.write(images.tobytes())
             if kept < GRID_LIMIT:
@@ -132,7 +162,7 @@ def main(argv: list[str] | None = None) -> int:
     exit_with_problems(parser, problems(args))
     try:
         generator = OnnxGenerator(args.model, intra_op_threads=args.threads)
-        shown = write_images(generator, args.n, args.seed, args.npy)
+        shown = write_images(generator, args.n, args.seed, args.npy, args.label)
     except ModelError as error:
         print(f"{parser.prog}: error: {error}", file=sys.stderr)
         return 1
@@ -140,14 +170,32 @@ def main(argv: list[str] | None = None) -> int:
         return write_failed(parser, args.npy, error)
     try:
         with atomic_path(args.out) as tmp:
-            Image.fromarray(tile(shown, args.columns, fill=0)).save(tmp, format="PNG")
+            Image.fromarray(tile(shown, grid_columns(generator, args, len(shown)), fill=0)).save(tmp, format="PNG")
     except OSError as error:
         return write_failed(parser, args.out, error)
     which = f"{len(shown)} images" if len(shown) == args.n else f"the first {len(shown)} of {args.n} images"
-    print(f"wrote {which} ({args.model}, seed {args.seed}) to {args.out}")
+    print(f"wrote {which}{classes_shown(generator, args.label)} ({args.model}, seed {args.seed}) to {args.out}")
     if args.npy is not None:
         print(f"wrote uint8 {[args.n, *NPY_SHAPE]} to {args.npy}")
     return 0
+
+
+def grid_columns(generator: OnnxGenerator, args: argparse.Namespace, shown: int) -> int | None:
+    """--columns; else one column per class for a conditional model's classes in turn; else None (near-square)."""
+    if args.columns is None and generator.num_classes and args.label is None:
+        return min(generator.num_classes, shown)
+    return args.columns
+
+
+def classes_shown(generator: OnnxGenerator, label: str | None) -> str:
+    """' of class 3 つ (tsu)', ' of the 10 classes in turn, a column each', or '' for an unconditional model."""
+    if not generator.num_classes:
+        return ""
+    if label is None:
+        return f" of the {generator.num_classes} classes in turn, a column each"
+    index = generator.classes.index(label)
+    romanized = f" ({generator.classes.romanized[index]})" if generator.classes.romanized else ""
+    return f" of class {index} {generator.class_names[index]}{romanized}"
 
 
 def write_failed(parser: argparse.ArgumentParser, path: Path, error: OSError) -> int:

@@ -16,6 +16,7 @@ import numpy as np
 # Each purpose has its own stream: the grid's noise never repeats a training step's.
 PURPOSES = {"step": 1, "grid": 2, "samples": 3, "verify": 4}
 GRID_SIZE = 64  # the chapter's fixed grid: 64 noise vectors, shown 8x8
+GRID_COLUMNS = 8  # images a row in every grid: the chapter's 8x8, or a conditional generator's 8 of each class
 LABELS = 5  # the stream of the training steps' fake-image labels (not a latent-noise purpose)
 # The largest seed a run can have (torch.manual_seed takes 64-bit seeds; gan.config bounds --seed the same way).
 # Every command accepts the same range, so any run's seed can be passed to generation and evaluation.
@@ -89,6 +90,22 @@ def step_labels(seed: int, step: int, global_batch_size: int, num_classes: int, 
     return labels[process_index * local : (process_index + 1) * local]
 
 
+def grid_inputs(seed: int, purpose: str, latent_dim: int, num_classes: int = 0
+                ) -> tuple[np.ndarray, np.ndarray | None]:
+    """The noise of a picture grid (the fixed grid: ``"grid"``; the final samples: ``"samples"``) and, for a
+    conditional generator, its labels int64.
+
+    Unconditional: :data:`GRID_SIZE` vectors, no labels. Conditional: the first :data:`GRID_COLUMNS` samples of
+    each class in :func:`sample_labels` order, arranged in rows: row ``c`` holds samples ``c, C + c, 2C + c, ...``,
+    so that the picture shows exactly the images ``gan.generate`` and ``gan.evaluate`` draw for the same seed.
+    """
+    if not num_classes:
+        return latent_noise(seed, purpose, GRID_SIZE, latent_dim), None
+    count = GRID_COLUMNS * num_classes
+    order = np.arange(count).reshape(GRID_COLUMNS, num_classes).T.reshape(-1)
+    return latent_noise(seed, purpose, count, latent_dim)[order], sample_labels(count, num_classes)[order]
+
+
 def step_noise(seed: int, step: int, global_batch_size: int, latent_dim: int, process_index: int = 0,
                num_processes: int = 1) -> np.ndarray:
     """This process's contiguous share of step ``step``'s global noise batch.
@@ -116,14 +133,40 @@ def step_noise_tensor(seed: int, step: int, global_batch_size: int, latent_dim: 
     if device.type == "cpu":
         local = step_noise(seed, step, global_batch_size, latent_dim, process_index, num_processes)
         return torch.from_numpy(local).to(dtype)
-    generator = _device_generators.get(device)
-    if generator is None:
-        generator = _device_generators[device] = torch.Generator(device=device)
-    state = np.random.SeedSequence([int(seed), PURPOSES["step"], int(step)]).generate_state(1, np.uint64)[0]
-    generator.manual_seed(int(state) & MAX_SEED)
+    generator = _device_generator(device, seed, PURPOSES["step"], step)
     whole = torch.randn((global_batch_size, latent_dim), generator=generator, device=device, dtype=torch.float32)
     local = global_batch_size // num_processes
     return whole[process_index * local : (process_index + 1) * local].to(dtype)
+
+
+def step_labels_tensor(seed: int, step: int, global_batch_size: int, num_classes: int, device,
+                       process_index: int = 0, num_processes: int = 1):
+    """This process's share of step ``step``'s fake-image labels as an int64 torch tensor on the training ``device``.
+
+    :func:`step_labels` on the CPU; on an accelerator drawn there from (seed, step), like :func:`step_noise_tensor`,
+    so that the host never waits for the device. Either way the whole global batch depends only on (seed, step).
+    """
+    import torch
+
+    device = torch.device(device)
+    if device.type == "cpu":
+        return torch.from_numpy(step_labels(seed, step, global_batch_size, num_classes, process_index, num_processes))
+    generator = _device_generator(device, seed, LABELS, step)
+    whole = torch.randint(0, num_classes, (global_batch_size,), generator=generator, device=device)
+    local = global_batch_size // num_processes
+    return whole[process_index * local : (process_index + 1) * local]
+
+
+def _device_generator(device, seed: int, stream: int, step: int):
+    """The torch generator of ``device``, reseeded for (seed, stream, step): one per device, made on first use."""
+    import torch
+
+    generator = _device_generators.get(device)
+    if generator is None:
+        generator = _device_generators[device] = torch.Generator(device=device)
+    state = np.random.SeedSequence([int(seed), stream, int(step)]).generate_state(1, np.uint64)[0]
+    generator.manual_seed(int(state) & MAX_SEED)
+    return generator
 
 
 _device_generators: dict = {}  # one reseeded generator per device

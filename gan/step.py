@@ -54,10 +54,13 @@ def frozen(discriminator: nn.Module) -> Iterator[nn.Module]:
 
 
 def train_step(accelerator: Accelerator, gan: GAN, real: torch.Tensor, noise: torch.Tensor,
-               real_label: float = 1.0) -> torch.Tensor:
+               real_label: float = 1.0, real_classes: torch.Tensor | None = None,
+               fake_classes: torch.Tensor | None = None) -> torch.Tensor:
     """One D step then one G step on this process's share of the batch, without waiting for the device.
 
     ``real_label`` < 1 is one-sided label smoothing: the D step's target for real images (the G step keeps 1).
+    ``real_classes`` and ``fake_classes`` (int64 [B], a class-conditional GAN's; None for the chapter's) are the
+    classes of the real images and the classes the generator is asked for: D judges each image with its class.
 
     Returns this process's detached metrics (order of ``STEP_METRICS``) on the training device: d_loss, g_loss,
     the mean probabilities D(x) and D(G(z)) seen by the D step, and how many of the two optimizer steps fp16 loss
@@ -66,9 +69,9 @@ def train_step(accelerator: Accelerator, gan: GAN, real: torch.Tensor, noise: to
     scales = []  # the fp16 loss scale around each optimizer step (none without a scaler)
 
     # (1) Update D: maximize log D(x) + log(1 - D(G(z)))
-    real_logits = gan.discriminator(real)  # (B,)
-    fake = gan.generator(noise)  # (B, 1, 28, 28)
-    fake_logits = gan.discriminator(fake.detach())  # (B,)
+    real_logits = gan.discriminator(real, real_classes)  # (B,)
+    fake = gan.generator(noise, fake_classes)  # (B, 1, 28, 28)
+    fake_logits = gan.discriminator(fake.detach(), fake_classes)  # (B,)
     d_loss = _bce(real_logits, real_label) + _bce(fake_logits, 0.0)
     # One backward for both halves: the same gradient as two, and one DDP all-reduce instead of two.
     gan.discriminator_optimizer.zero_grad(set_to_none=True)
@@ -79,7 +82,7 @@ def train_step(accelerator: Accelerator, gan: GAN, real: torch.Tensor, noise: to
 
     # (2) Update G: maximize log D(G(z)) (fakes labelled real: the non-saturating loss)
     with frozen(gan.discriminator) as discriminator:
-        g_loss = _bce(discriminator(fake), 1.0)
+        g_loss = _bce(discriminator(fake, fake_classes), 1.0)
         gan.generator_optimizer.zero_grad(set_to_none=True)
         accelerator.backward(g_loss)
     _record_scale(accelerator, scales)

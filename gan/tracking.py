@@ -115,13 +115,13 @@ class Tracker:
 
 def _loggable(config: dict[str, Any]) -> dict[str, Any]:
     """Scalars only, what every tracker's config accepts: nested dicts flattened ('versions/torch'), lists (the
-    launches) as JSON text, None as 'none'."""
+    launches, a conditional run's class names) as JSON text with the characters themselves, None as 'none'."""
     flat: dict[str, Any] = {}
     for key, value in config.items():
         if isinstance(value, dict):
             flat.update(_loggable({f"{key}/{k}": v for k, v in value.items()}))
         elif isinstance(value, (list, tuple)):
-            flat[key] = json.dumps(value)
+            flat[key] = json.dumps(value, ensure_ascii=False)
         else:
             flat[key] = "none" if value is None else value
     return flat

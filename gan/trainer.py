@@ -34,11 +34,22 @@ from gan.checkpointing import (
 )
 from gan.config import SetupError, TrainConfig
 from gan.cpu_kernels import enable_cpu_kernels
-from gan.data import DataError, KMNISTData, ShardedBatches, ensure_files, load_kmnist, to_uint8
+from gan.data import (
+    CLASS_CHARACTERS,
+    CLASS_NAMES,
+    DataError,
+    KMNISTData,
+    ShardedBatches,
+    class_exemplars,
+    ensure_files,
+    first_classes,
+    load_kmnist,
+    to_uint8,
+)
 from gan.devices import cpu_description, make_accelerator, resolve_for_device, set_tf32
 from gan.ema import GeneratorEMA
 from gan.models import Discriminator, Generator
-from gan.noise import GRID_SIZE, latent_noise, step_noise_tensor
+from gan.noise import grid_inputs, step_labels_tensor, step_noise_tensor
 from gan.paths import output_dir_problem
 from gan.preemption import StopRequest
 from gan.samplers import generate, torch_sampler
@@ -79,9 +90,10 @@ def train(config: TrainConfig) -> TrainerState:
     run_dir = new_run_dir(config, accelerator, plan)
     device, dtype = accelerator.device, getattr(torch, config.dtype)
 
-    data = load_data(config, accelerator)
+    data = first_classes(load_data(config, accelerator), config.num_classes)
+    labels = data.labels.to(device) if config.num_classes else None  # a conditional run's real classes
     batches = ShardedBatches(data.images.to(device), config.batch_size, config.seed, accelerator.process_index,
-                             accelerator.num_processes, dtype)
+                             accelerator.num_processes, dtype, labels)
     total_steps = min(batches.steps_per_epoch * config.epochs, config.max_steps or math.inf)
     checkpoint_every = config.checkpoint_every or batches.steps_per_epoch  # default: once per epoch
     eval_every = batches.steps_per_epoch if config.eval_every is None else config.eval_every
@@ -90,10 +102,11 @@ def train(config: TrainConfig) -> TrainerState:
     generator = accelerator.unwrap_model(gan.generator)
     ema = GeneratorEMA(generator, config.ema_decay, device) if config.ema_decay > 0 else None
     sampler = ema.model if ema is not None else generator  # what grids, evaluations and generator.safetensors show
-    grid_noise = torch.from_numpy(latent_noise(config.seed, "grid", GRID_SIZE, config.latent_dim)).to(device, dtype)
+    grid_noise, grid_labels = grid_tensors(config.seed, "grid", config.latent_dim, config.num_classes, device, dtype)
     state, samples = TrainerState(), SampleRecord()
     if plan is not None:
         state, samples = resume_state(accelerator, plan, ema)
+    samples.rows = class_rows(data, config.num_classes)
 
     metadata = run_metadata(config, accelerator, run_dir, ema is not None, plan, state.step)
     if main_process:
@@ -110,6 +123,8 @@ def train(config: TrainConfig) -> TrainerState:
         nonlocal checkpointed_at
         checkpointed_at = state.step
         tensors = {"fixed_noise": grid_noise.float(), **(ema.tensors() if ema else {}), **samples.tensors()}
+        if grid_labels is not None:
+            tensors["fixed_labels"] = grid_labels
         return save_checkpoint(accelerator, run_dir, state, tensors, metadata, config.keep_checkpoints)
 
     # ---- the loop: one D step and one G step per global batch, then what this step is due for. Between sync
@@ -120,14 +135,18 @@ def train(config: TrainConfig) -> TrainerState:
     pending = PendingSteps()
     try:
         while state.step < total_steps:
-            for real in batches.epoch(state.epoch, state.batch_in_epoch):
+            for real, real_classes in batches.labelled_epoch(state.epoch, state.batch_in_epoch):
                 if state.step >= total_steps:
                     break
                 if samples.real is None:
                     samples.real = to_uint8(real[:REAL_SAMPLES, 0])  # the main process holds the batch's head
                 noise = step_noise_tensor(config.seed, state.step, config.batch_size, config.latent_dim, device,
                                           dtype, accelerator.process_index, accelerator.num_processes)
-                metrics = train_step(accelerator, gan, real, noise, config.real_label)
+                fake_classes = None
+                if config.num_classes:  # the classes the generator is asked for: like the noise, from (seed, step)
+                    fake_classes = step_labels_tensor(config.seed, state.step, config.batch_size, config.num_classes,
+                                                      device, accelerator.process_index, accelerator.num_processes)
+                metrics = train_step(accelerator, gan, real, noise, config.real_label, real_classes, fake_classes)
                 state.step += 1
                 state.batch_in_epoch += 1
                 pending.add(state.step, state.epoch, metrics)
@@ -135,7 +154,7 @@ def train(config: TrainConfig) -> TrainerState:
                     ema.update(generator)
                 last_step = state.step == total_steps
                 if main_process and (state.step % config.sample_every == 0 or last_step):
-                    pending.grids.append((state.step, sample_images(sampler, grid_noise)))
+                    pending.grids.append((state.step, sample_images(sampler, grid_noise, grid_labels)))
                 evaluate_now = bool(eval_every) and (state.step % eval_every == 0 or last_step)
                 checkpoint_now = state.step % checkpoint_every == 0 and not last_step
                 if not (state.step % config.log_every == 0 or last_step or evaluate_now or checkpoint_now):
@@ -238,8 +257,9 @@ def build_gan(config: TrainConfig, accelerator: Accelerator) -> GAN:
     """Both networks and their optimizers, laid out for the device and prepared by accelerate."""
     torch.manual_seed(config.seed)  # same initial weights on every process (DDP also broadcasts them)
     dtype = getattr(torch, config.dtype)
-    generator = Generator(config.latent_dim, config.base_width).to(dtype)  # initialised in fp32 either way
-    discriminator = Discriminator(config.base_width).to(dtype)
+    # initialised in fp32 either way
+    generator = Generator(config.latent_dim, config.base_width, config.num_classes).to(dtype)
+    discriminator = Discriminator(config.base_width, config.num_classes).to(dtype)
     if config.channels_last:  # conv outputs follow the weights' layout; [B, 1, 28, 28] is both
         generator = generator.to(memory_format=torch.channels_last)
         discriminator = discriminator.to(memory_format=torch.channels_last)
@@ -274,6 +294,7 @@ def run_metadata(config: TrainConfig, accelerator: Accelerator, run_dir: Path, e
         "distributed_type": str(accelerator.distributed_type),
         "cpu": cpu_description(),
         "generator_weights": "ema" if ema else "trained",
+        **({"class_names": list(CLASS_CHARACTERS[: config.num_classes])} if config.num_classes else {}),
         "launches": [*earlier.get("launches", []), launch],
         "final_step": None,
         "versions": versions(),
@@ -365,8 +386,9 @@ def record_steps(rows: list[dict[str, float]], grids: list[tuple[int, torch.Tens
         if row["step"] in grid_at:
             samples.grids.append(grid_at[row["step"]].cpu())
             state.grid_steps.append(row["step"])
-            tracker.log_image("samples/fixed_noise", pictures.tile(samples.grids[-1].numpy(), columns=8),
-                              step=row["step"], caption=f"step {row['step']}")
+            legend = f"; {samples.rows.legend()}" if samples.rows is not None else ""
+            tracker.log_image("samples/fixed_noise", pictures.grid_image(samples.grids[-1].numpy(), samples.rows),
+                              step=row["step"], caption=f"step {row['step']}{legend}")
         progress.update(row)
 
 
@@ -385,6 +407,7 @@ class SampleRecord:
 
     grids: list[torch.Tensor] = field(default_factory=list)  # the fixed-noise grid at each grid step
     real: torch.Tensor | None = None  # the first real images of the first batch
+    rows: pictures.ClassRows | None = None  # a conditional run's row labels (from the data: not checkpointed)
 
     def tensors(self) -> dict[str, torch.Tensor]:
         found = {"grids": torch.stack(self.grids)} if self.grids else {}
@@ -406,10 +429,27 @@ def eval_mode(module: torch.nn.Module) -> Iterator[torch.nn.Module]:
         module.train(was_training)
 
 
-def sample_images(generator: torch.nn.Module, noise: torch.Tensor) -> torch.Tensor:
+def grid_tensors(seed: int, purpose: str, latent_dim: int, num_classes: int, device: torch.device | str = "cpu",
+                 dtype: torch.dtype = torch.float32) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """:func:`gan.noise.grid_inputs` as tensors on ``device``, made once: the labels too, so that sampling a grid
+    copies nothing from the host."""
+    noise, labels = grid_inputs(seed, purpose, latent_dim, num_classes)
+    return torch.from_numpy(noise).to(device, dtype), None if labels is None else torch.from_numpy(labels).to(device)
+
+
+def class_rows(data: KMNISTData, num_classes: int) -> pictures.ClassRows | None:
+    """How a conditional run's grids are labelled: each class's first image in the split, and its names."""
+    if not num_classes:
+        return None
+    return pictures.ClassRows(class_exemplars(data, num_classes).numpy(), CLASS_NAMES[:num_classes],
+                              CLASS_CHARACTERS[:num_classes])
+
+
+def sample_images(generator: torch.nn.Module, noise: torch.Tensor, labels: torch.Tensor | None = None
+                  ) -> torch.Tensor:
     """uint8 [N, 28, 28] from the generator in eval mode, left on the device of its weights (and in their dtype)."""
     with eval_mode(generator):
-        return to_uint8(torch_sampler(generator)(noise)[:, 0])
+        return to_uint8(torch_sampler(generator)(noise, labels)[:, 0])
 
 
 def make_evaluator(config: TrainConfig, device: torch.device):
@@ -424,7 +464,8 @@ def evaluate_samples(evaluator, generator: torch.nn.Module, config: TrainConfig)
     """Sample-quality metrics of ``generator`` in eval mode, from the run seed's sample noise, as 'eval/<name>'."""
     start = time.perf_counter()
     with eval_mode(generator):
-        images = generate(torch_sampler(generator), config.latent_dim, config.eval_samples, seed=config.seed)
+        images = generate(torch_sampler(generator), config.latent_dim, config.eval_samples, seed=config.seed,
+                          num_classes=config.num_classes)
     metrics = evaluator.evaluate(images)
     metrics["seconds"] = time.perf_counter() - start
     return {f"eval/{name}": float(value) for name, value in metrics.items()}
@@ -437,11 +478,11 @@ def finish_run(run_dir: Path, metadata: dict[str, Any], state: TrainerState, gen
     metadata.update(final_step=state.step, skipped_steps=state.skipped_steps)
     write_json(run_dir / CONFIG_FILE, metadata)
     sampler = ema.model if ema is not None else generator
-    fresh = sample_images(sampler, torch.from_numpy(latent_noise(metadata["seed"], "samples", GRID_SIZE,
-                                                                 metadata["latent_dim"]))).cpu()
+    noise, labels = grid_tensors(metadata["seed"], "samples", metadata["latent_dim"], metadata["num_classes"])
+    fresh = sample_images(sampler, noise, labels).cpu()
     real = samples.real.numpy() if samples.real is not None else None
     grids = list(zip(state.grid_steps, [grid.numpy() for grid in samples.grids], strict=True))
-    for path in pictures.save_run_pictures(run_dir, real, fresh.numpy(), which, grids, state.history):
+    for path in pictures.save_run_pictures(run_dir, real, fresh.numpy(), which, grids, state.history, samples.rows):
         tracker.log_image(f"pictures/{path.stem}", pictures.read_rgb(path), step=state.step)
     print(f"saved {run_dir / GENERATOR_FILE} ({which} weights) after {state.step} steps"
           + (f" ({state.skipped_steps} fp16 optimizer steps skipped)" if state.skipped_steps else ""), flush=True)

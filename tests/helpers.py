@@ -114,17 +114,51 @@ def save_small_run(run_dir: Path, **config: object):
     from gan.models import Generator
 
     torch.manual_seed(0)
-    generator = Generator(SMALL_LATENT_DIM, SMALL_BASE_WIDTH)
+    num_classes = int(config.get("num_classes", 0))  # > 0: a class-conditional generator
+    generator = Generator(SMALL_LATENT_DIM, SMALL_BASE_WIDTH, num_classes)
     for module in generator.modules():
         if isinstance(module, torch.nn.BatchNorm2d):
             module.momentum = None  # a cumulative average over the one pass
     with torch.no_grad():
-        generator.train()(torch.randn(512, SMALL_LATENT_DIM))
+        labels = torch.arange(512) % num_classes if num_classes else None
+        generator.train()(torch.randn(512, SMALL_LATENT_DIM), labels)
         generator.main[-2].weight.mul_(8)  # the last layer's N(0, 0.02) weights alone give tanh inputs ~ 0.1
     generator.eval()
     write_json(run_dir / CONFIG_FILE, {"latent_dim": SMALL_LATENT_DIM, "base_width": SMALL_BASE_WIDTH, **config})
-    save_generator(generator, run_dir / GENERATOR_FILE)
+    if num_classes:  # with the safetensors metadata a finished conditional run writes (num_classes, class names)
+        from gan.artifacts import save_final_generators
+
+        save_final_generators(run_dir, generator, None, step=int(config.get("final_step", 0)))
+    else:
+        save_generator(generator, run_dir / GENERATOR_FILE)
     return generator
+
+
+# --- a small class-conditional generator exported by export.py: the conditional twin of the `run` fixture, made in
+# seconds without training
+
+CONDITIONAL_RUN_NAME = "conditional-fixture"
+CONDITIONAL_NUM_CLASSES = 10
+# What export.py needs from config.json besides the sizes: provenance, as a finished run of train_ddp.py records it.
+CONDITIONAL_RUN_CONFIG = {"num_classes": CONDITIONAL_NUM_CLASSES, "split": "test", "run_name": CONDITIONAL_RUN_NAME,
+                          "final_step": 0, "generator_weights": "trained", "seed": 0}
+
+
+def export_small_conditional_run(tmp_path_factory) -> ExportedRun:
+    """:func:`save_small_run` with 10 classes, exported with the real ``export.py --fp16``: made once per pytest
+    session (later calls read it back), for the ``conditional_run`` fixture of each test module that needs one."""
+    import shutil
+
+    base = tmp_path_factory.getbasetemp() / "conditional-run"
+    run_dir = base / "runs" / CONDITIONAL_RUN_NAME
+    stdout_file = base / "export.stdout"
+    if not stdout_file.is_file():
+        shutil.rmtree(base, ignore_errors=True)
+        run_dir.mkdir(parents=True)
+        save_small_run(run_dir, **CONDITIONAL_RUN_CONFIG)
+        export = run_command([sys.executable, "export.py", str(run_dir), "--fp16"], timeout=300)
+        stdout_file.write_text(export.stdout)
+    return ExportedRun(run_dir, stdout_file.read_text())
 
 
 # --- what a diverged run or a damaged file leaves behind: broken copies of the exported run's files

@@ -1,7 +1,8 @@
 """export.py and gan/export.py on a generator really trained by train_ddp.py; files are read back from disk.
 
 The ``run`` fixture (conftest.py) trains a few steps on the real test split and runs ``python export.py RUN --fp16``,
-once per pytest session; test_onnx_generator.py and test_examples.py share it.
+once per pytest session; test_onnx_generator.py and test_examples.py share it. A small class-conditional generator
+(``helpers.export_small_conditional_run``, exported by the same CLI) serves the conditional tests.
 """
 
 from __future__ import annotations
@@ -19,12 +20,21 @@ import onnx
 import onnxruntime as ort
 import pytest
 import torch
+from helpers import (
+    CONDITIONAL_RUN_NAME,
+    NAN_TENSORS,
+    SMALL_LATENT_DIM,
+    ExportedRun,
+    export_small_conditional_run,
+    nan_weights_run,
+    run_command,
+)
 from helpers import EXPORT_RUN_NAME as RUN_NAME
 from helpers import EXPORT_TRAIN_STEPS as TRAIN_STEPS
-from helpers import NAN_TENSORS, ExportedRun, nan_weights_run, run_command
 from onnx.external_data_helper import uses_external_data
 
 from gan.artifacts import CONFIG_FILE, GENERATOR_FILE, ArtifactError, load_generator, read_config
+from gan.data import CLASS_CHARACTERS, CLASS_NAMES
 from gan.export import (
     FAILED_REPORT_FILE,
     MIN_OPSET,
@@ -321,3 +331,76 @@ def test_default_run_is_the_newest_finished_one(run: ExportedRun, tmp_path: Path
     summary = run_export(ExportConfig(runs_dir=str(runs), verify=False))
     assert summary["models"] == [str(runs / "newest" / MODEL_FILE)]
     assert (runs / "newest" / MODEL_FILE).is_file() and not (runs / "older" / MODEL_FILE).exists()
+
+
+# --- a class-conditional generator (helpers.export_small_conditional_run: export.py --fp16 on a small one) ----------
+
+
+@pytest.fixture(scope="module")
+def conditional_run(tmp_path_factory: pytest.TempPathFactory) -> ExportedRun:
+    return export_small_conditional_run(tmp_path_factory)
+
+
+def _metadata(model: Path) -> dict[str, str]:
+    session = ort.InferenceSession(str(model), providers=["CPUExecutionProvider"])
+    return dict(session.get_modelmeta().custom_metadata_map)
+
+
+def test_conditional_model_takes_labels_and_names_its_classes(conditional_run: ExportedRun) -> None:
+    for model, precision in [(conditional_run.model, "fp32"), (conditional_run.fp16_model, "fp16")]:
+        session = ort.InferenceSession(str(model), providers=["CPUExecutionProvider"])
+        inputs = [(i.name, i.type, i.shape) for i in session.get_inputs()]
+        assert inputs == [("z", "tensor(float)", ["batch", SMALL_LATENT_DIM]), ("labels", "tensor(int64)", ["batch"])]
+        assert [(o.name, o.type, o.shape) for o in session.get_outputs()] == [
+            ("images", "tensor(float)", ["batch", *IMAGE_SHAPE])
+        ]
+        metadata = _metadata(model)
+        assert metadata["num_classes"] == "10" and metadata["precision"] == precision
+        assert json.loads(metadata["class_names"]) == list(CLASS_CHARACTERS)  # お き す つ な は ま や れ を
+        assert json.loads(metadata["class_names_romanized"]) == list(CLASS_NAMES)
+        assert metadata["run_name"] == CONDITIONAL_RUN_NAME
+
+
+def test_unconditional_model_keeps_its_one_input_and_no_class_metadata(run: ExportedRun) -> None:
+    for model in (run.model, run.fp16_model):
+        session = ort.InferenceSession(str(model), providers=["CPUExecutionProvider"])
+        assert [i.name for i in session.get_inputs()] == ["z"]
+        assert not {"num_classes", "class_names", "class_names_romanized"} & set(_metadata(model))
+
+
+def test_conditional_verification_compares_every_class(conditional_run: ExportedRun) -> None:
+    summary = json.loads((conditional_run.run_dir / REPORT_FILE).read_text())
+    assert summary["passed"] is True
+    for report in summary["reports"]:
+        assert [entry["batch"] for entry in report["batches"]] == list(VERIFY_BATCHES)
+        for entry in report["batches"]:
+            assert 0 <= entry["max_abs_diff"] <= TOLERANCE[report["precision"]]
+            # gan.noise.sample_labels: batch 1 is class 0, batch 7 classes 0-6, from 10 images on every class.
+            assert entry["classes"] == list(range(min(entry["batch"], 10)))
+        assert report["input"][1] == {"name": "labels", "dtype": "tensor(int64)", "shape": ["batch"]}
+
+
+@pytest.mark.parametrize("batch", [1, 1000])
+def test_conditional_model_serves_any_labels_like_pytorch(conditional_run: ExportedRun, batch: int) -> None:
+    generator, config = load_generator(conditional_run.run_dir)
+    z = _fixed_noise(batch, config["latent_dim"])
+    labels = torch.randint(0, 10, (batch,), generator=torch.Generator().manual_seed(2))
+    session = ort.InferenceSession(str(conditional_run.model), providers=["CPUExecutionProvider"])
+    (images,) = session.run(["images"], {"z": z.numpy(), "labels": labels.numpy()})
+    with torch.no_grad():
+        expected = generator(z, labels).numpy()
+    assert images.shape == (batch, *IMAGE_SHAPE) and np.abs(images - expected).max() <= TOLERANCE["fp32"]
+    (fp16_images,) = ort.InferenceSession(str(conditional_run.fp16_model), providers=["CPUExecutionProvider"]).run(
+        ["images"], {"z": z.numpy(), "labels": labels.numpy()}
+    )
+    assert 0 < np.abs(fp16_images - expected).max() <= TOLERANCE["fp16"]
+
+
+def test_verification_notices_a_model_whose_labels_mean_other_classes(conditional_run: ExportedRun) -> None:
+    generator, _ = load_generator(conditional_run.run_dir)
+    with torch.no_grad():  # the same weights, the label embedding's rows shifted by one class
+        generator.label_embedding.weight.copy_(generator.label_embedding.weight.roll(1, dims=0))
+    report = verify_onnx(conditional_run.model, generator)
+    assert report["passed"] is False
+    # Batch 1 is class 0 alone, whose image changes too; every batch differs.
+    assert len(report["failures"]) == len(VERIFY_BATCHES) and "max abs diff" in report["failures"][-1]

@@ -21,10 +21,11 @@ LOG_EVERY = 5
 STEPS = 15
 
 
-@pytest.fixture(scope="module")
-def reads_per_step(tmp_path_factory):
-    """Train STEPS steps in this process; return {step: [(read, where), ...]} for reads made from the start of a
-    step's train_step to the start of the next one."""
+@pytest.fixture(scope="module", params=[0, 10], ids=["unconditional", "conditional"])
+def reads_per_step(request, tmp_path_factory):
+    """Train STEPS steps in this process (the chapter's model, and a class-conditional one: its real and fake labels
+    must not be read either); return {step: [(read, where), ...]} for reads made from the start of a step's
+    train_step to the start of the next one."""
     found: dict[int, list[tuple[str, str]]] = {}
     current = {"step": 0}
     train_step = gan.trainer.train_step
@@ -54,7 +55,7 @@ def reads_per_step(tmp_path_factory):
     config = TrainConfig(cpu=True, data_dir=str(SHARED_DATA), split="test", no_download=True, max_steps=STEPS,
                          batch_size=32, log_every=LOG_EVERY, sample_every=LOG_EVERY, checkpoint_every=1000,
                          eval_every=0, report_to="none", output_dir=str(tmp_path_factory.mktemp("syncs")),
-                         run_name="syncs")
+                         run_name="syncs", num_classes=request.param)
     with pytest.MonkeyPatch.context() as monkeypatch:
         monkeypatch.setattr(gan.trainer, "train_step", counted_train_step)
         for name in READS:

@@ -1,10 +1,10 @@
 """Hostile arguments for the three commands that read models and write files: ``python -m gan.generate``,
 ``export.py`` and ``python -m gan.evaluate`` (both sub-commands).
 
-Each case runs the command's ``main(argv)`` in this process on real files (the ``run`` fixture's exported model,
-and broken copies of it) and checks the answer a user gets: the exit status (2: a bad argument, refused before
-any work; 1: a file whose content is unusable), a message that names the flag or the file, no traceback, and no
-file left in the case's output folder.
+Each case runs the command's ``main(argv)`` in this process on real files (the ``run`` fixture's exported model, a
+small class-conditional one, and broken copies of them) and checks the answer a user gets: the exit status (2: a bad
+argument, refused before any work; 1: a file whose content is unusable), a message that names the flag or the file,
+no traceback, and no file left in the case's output folder.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from helpers import NAN_TENSORS, ROOT, ExportedRun, nan_onnx_model, nan_weights_run
+from helpers import NAN_TENSORS, ROOT, ExportedRun, export_small_conditional_run, nan_onnx_model, nan_weights_run
 
 import gan.evaluate
 import gan.generate
@@ -50,6 +50,7 @@ def inputs(run: ExportedRun, shared_data: Path, tmp_path_factory: pytest.TempPat
         (damaged_run / name).write_bytes(data if name == "config.json" else data[: len(data) // 3])
     return {
         "model": run.model,
+        "conditional_model": export_small_conditional_run(tmp_path_factory).model,
         "run": run.run_dir,
         "data": shared_data,
         "in": folder,
@@ -87,6 +88,19 @@ CASES = {
     "generate: truncated model": ("generate", ["{in}/truncated.onnx"], 1, ["truncated.onnx is not a loadable"]),
     "generate: text file as model": ("generate", ["{in}/text.onnx"], 1, ["text.onnx is not a loadable ONNX"]),
     "generate: NaN model": ("generate", ["{nan_model}"], 1, ["nan.onnx produced NaN/inf", "diverged"]),
+    "generate: --label for an unconditional model": (
+        "generate", ["{model}", "--label", "つ", "--out", "{out}/g.png"], 2,
+        ["--label つ: {model} is not class-conditional (it has no 'labels' input)", "generate without labels"],
+    ),
+    "generate: --label past the classes": (
+        "generate", ["{conditional_model}", "--label", "10", "--out", "{out}/g.png"], 2,
+        ["--label 10: label '10' is not a class of this model", "0 お (o)", "3 つ (tsu)", "9 を (wo)"],
+    ),
+    "generate: a negative --label": ("generate", ["{conditional_model}", "--label", "-1"], 2, ["--label -1: label"]),
+    "generate: an unknown character and a bad --n": (
+        "generate", ["{conditional_model}", "--label", "あ", "--n", "0", "--out", "{out}/g.png"], 2,
+        ["--n must be at least 1, got 0", "--label あ: label 'あ' is not a class"],
+    ),
     # --- export.py
     "export: opset too old": ("export", ["{run}", "--opset", "17", "--output", "{out}/m.onnx"], 2, ["--opset"]),
     "export: --output not a .onnx": ("export", ["{run}", "--output", "{out}/m.txt"], 2, ["--output", "m.txt"]),

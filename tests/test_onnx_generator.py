@@ -1,8 +1,10 @@
-"""gan/onnx_generator.py and ``python -m gan.generate`` on the exported fixture generator, against PyTorch."""
+"""gan/onnx_generator.py and ``python -m gan.generate`` on the exported fixture generators (the trained unconditional
+one, a small class-conditional one), against PyTorch."""
 
 
 from __future__ import annotations
 
+import re
 import sys
 from pathlib import Path
 
@@ -10,12 +12,21 @@ import numpy as np
 import onnx
 import pytest
 import torch
-from helpers import EXPORT_RUN_NAME, ExportedRun, nan_onnx_model, run_command
+from helpers import (
+    EXPORT_RUN_NAME,
+    SMALL_LATENT_DIM,
+    ExportedRun,
+    export_small_conditional_run,
+    nan_onnx_model,
+    run_command,
+)
 from PIL import Image
 
 import gan.generate
 from gan.artifacts import load_generator, read_config
+from gan.data import CLASS_CHARACTERS, CLASS_NAMES
 from gan.data import to_uint8 as torch_to_uint8
+from gan.noise import sample_labels
 from gan.onnx_generator import (
     DEFAULT_INTRA_OP_THREADS,
     GENERATE_BATCH,
@@ -237,3 +248,198 @@ def test_generate_cli_reports_a_corrupt_model(tmp_path: Path) -> None:
     assert result.returncode == 1
     assert "garbage.onnx is not a loadable ONNX model" in result.stderr and "Traceback" not in result.stderr
     assert not (tmp_path / "g.png").exists()
+
+
+# --- a class-conditional model: the small one of helpers.export_small_conditional_run, exported by export.py -------
+
+
+@pytest.fixture(scope="module")
+def conditional_run(tmp_path_factory: pytest.TempPathFactory) -> ExportedRun:
+    return export_small_conditional_run(tmp_path_factory)
+
+
+@pytest.fixture(scope="module")
+def conditional(conditional_run: ExportedRun) -> OnnxGenerator:
+    return OnnxGenerator(conditional_run.model)
+
+
+def _without_onnxruntime(generator: OnnxGenerator, monkeypatch: pytest.MonkeyPatch) -> None:
+    def run_must_not_be_called(*args, **kwargs):
+        raise AssertionError("onnxruntime ran on labels that should have been refused")
+
+    monkeypatch.setattr(generator, "session", type("Session", (), {"run": run_must_not_be_called})())
+
+
+VALID_CLASSES = (
+    "its 10 classes are 0 お (o), 1 き (ki), 2 す (su), 3 つ (tsu), 4 な (na), 5 は (ha), 6 ま (ma), 7 や (ya), "
+    "8 れ (re), 9 を (wo)"
+)
+
+
+def test_conditional_model_reads_its_classes_from_the_file(conditional: OnnxGenerator) -> None:
+    assert [(i.name, i.type) for i in conditional.session.get_inputs()] == [("z", "tensor(float)"),
+                                                                              ("labels", "tensor(int64)")]
+    assert conditional.num_classes == 10 and conditional.latent_dim == SMALL_LATENT_DIM
+    assert conditional.class_names == CLASS_CHARACTERS
+    assert conditional.classes.romanized == CLASS_NAMES
+    assert conditional.classes.describe() in VALID_CLASSES
+
+
+def test_unconditional_model_has_no_classes(onnx_generator: OnnxGenerator) -> None:
+    assert onnx_generator.num_classes == 0 and onnx_generator.class_names == () and onnx_generator.classes is None
+
+
+def test_conditional_images_match_pytorch_for_every_class(
+    conditional_run: ExportedRun, conditional: OnnxGenerator
+) -> None:
+    z, labels = conditional.noise(50, seed=5), sample_labels(50, 10)
+    images = conditional.generate_from_noise(z, labels)
+    generator, _ = load_generator(conditional_run.run_dir)
+    with torch.no_grad():
+        expected = torch_to_uint8(generator(torch.from_numpy(z), torch.from_numpy(labels)))[:, 0].numpy()
+    assert np.abs(images.astype(int) - expected.astype(int)).max() <= 1
+    # The label reaches the model: the same noise with another class is another image, every one of them.
+    other = conditional.generate_from_noise(z, (labels + 1) % 10)
+    assert all((other[i] != images[i]).mean() > 0.2 for i in range(50))
+
+
+@pytest.mark.parametrize(
+    "label",
+    [3, "3", "つ", "tsu", "TSU", np.int64(3), ["つ"] * 12, np.full(12, 3)],
+    ids=["3", "'3'", "tsu-character", "tsu", "TSU", "np.int64", "list", "array"],
+)
+def test_a_class_as_index_character_or_romanized_name_gives_the_same_images(
+    conditional: OnnxGenerator, label
+) -> None:
+    expected = conditional.generate_from_noise(conditional.noise(12, seed=1), np.full(12, 3, dtype=np.int64))
+    assert np.array_equal(conditional.generate(12, seed=1, labels=label), expected)
+
+
+def test_a_list_of_labels_gives_each_image_its_class(conditional: OnnxGenerator) -> None:
+    labels = ["お", "ki", 2, "3", "な", "ha", "ま", "ya", "れ", "wo"]
+    z = conditional.noise(10, seed=2)
+    mixed = conditional.generate_from_noise(z, labels)
+    for index in range(10):
+        assert np.array_equal(mixed[index], conditional.generate_from_noise(z[index : index + 1], index)[0])
+
+
+def test_without_labels_a_conditional_model_goes_through_the_classes_in_turn(conditional: OnnxGenerator) -> None:
+    n = 2 * GENERATE_BATCH + 345
+    expected = conditional.generate_from_noise(conditional.noise(n, seed=4), sample_labels(n, 10))
+    assert np.array_equal(conditional.generate(n, seed=4), expected)
+    # In batches of 7 (the classes continue across batches), and the first images do not depend on n.
+    assert np.array_equal(np.concatenate(list(conditional.generate_batches(n, seed=4, batch_size=7))), expected)
+    assert np.array_equal(conditional.generate(13, seed=4), expected[:13])
+
+
+@pytest.mark.parametrize("labels", ["は", [5] * 23, np.full(23, 5)], ids=["one", "list", "array"])
+def test_batches_of_a_conditional_model_give_the_images_of_one_call(conditional: OnnxGenerator, labels) -> None:
+    one_call = conditional.generate_from_noise(conditional.noise(23, seed=6), np.full(23, 5))
+    assert np.array_equal(np.concatenate(list(conditional.generate_batches(23, seed=6, batch_size=5, labels=labels))),
+                          one_call)
+
+
+@pytest.mark.parametrize(
+    ("labels", "expected"),
+    [
+        (10, rf"label 10 is not a class of this model; {re.escape(VALID_CLASSES)}"),
+        (-1, r"label -1 is not a class"),
+        ("x", r"label 'x' is not a class"),
+        ("10", r"label '10' is not a class"),
+        (True, r"label True is not a class"),
+        (3.0, r"label 3\.0 is not a class"),
+        ([0] * 19 + ["zz"], rf"labels\[19\]: label 'zz' is not a class of this model; {re.escape(VALID_CLASSES)}"),
+        (np.array([0, 11] + [0] * 18), r"labels\[1\]: label 11 is not a class"),
+        ([1, 2], r"one label or a list of 20 \(one per image\), got 2 labels"),
+        (np.zeros((20, 1), np.int64), r"got an array of shape \[20, 1\]"),
+    ],
+    ids=["10", "-1", "x", "'10'", "True", "3.0", "a bad name in a list", "a bad index in an array", "too few",
+         "2-D array"],
+)
+def test_a_label_the_model_does_not_have_is_refused_before_onnxruntime_runs(
+    conditional: OnnxGenerator, monkeypatch: pytest.MonkeyPatch, labels, expected: str
+) -> None:
+    _without_onnxruntime(conditional, monkeypatch)
+    with pytest.raises(ValueError, match=expected):
+        conditional.generate(20, labels=labels)
+    with pytest.raises(ValueError, match=expected):
+        conditional.generate_batches(20, labels=labels)  # at the call, not at the first batch
+    with pytest.raises(ValueError, match=expected):
+        conditional.generate_raw(conditional.noise(20, seed=0), labels)
+
+
+def test_an_unconditional_model_refuses_labels(onnx_generator: OnnxGenerator, monkeypatch: pytest.MonkeyPatch) -> None:
+    _without_onnxruntime(onnx_generator, monkeypatch)
+    expected = r"generator\.onnx is not class-conditional \(it has no 'labels' input\), so it takes no labels, got "
+    with pytest.raises(ValueError, match=expected + "3; generate without labels"):
+        onnx_generator.generate(4, labels=3)
+    with pytest.raises(ValueError, match=expected + "'つ'"):
+        onnx_generator.generate_batches(4, labels="つ")
+    with pytest.raises(ValueError, match=expected + r"\[3, 3, 3, 3\]"):
+        onnx_generator.generate_from_noise(onnx_generator.noise(4, seed=0), [3, 3, 3, 3])
+
+
+def test_a_labels_input_without_class_metadata_is_a_clear_error(conditional_run: ExportedRun, tmp_path: Path) -> None:
+    model = onnx.load(str(conditional_run.model))
+    kept = [entry for entry in model.metadata_props if entry.key != "class_names"]
+    del model.metadata_props[:]
+    model.metadata_props.extend(kept)
+    onnx.save(model, str(tmp_path / "no-classes.onnx"))
+    with pytest.raises(ModelError, match=r"no-classes\.onnx has a 'labels' input, but its metadata does not say what "
+                                         r"the labels mean.*'class_names': None.*Re-export"):
+        OnnxGenerator(tmp_path / "no-classes.onnx")
+
+
+def test_generate_cli_makes_the_class_of_label(
+    conditional_run: ExportedRun, conditional: OnnxGenerator, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    expected = conditional.generate(20, seed=7, labels=3)
+    flags = ["--n", "20", "--seed", "7"]
+    out, npy = tmp_path / "tsu.png", tmp_path / "tsu.npy"
+    command = [sys.executable, "-m", "gan.generate", str(conditional_run.model), "--label", "つ", *flags]
+    result = run_command([*command, "--out", str(out), "--npy", str(npy)], timeout=60)  # a real process, real argv
+    assert "wrote 20 images of class 3 つ (tsu)" in result.stdout
+    assert np.array_equal(np.load(npy), expected)
+    with Image.open(out) as png:
+        assert np.array_equal(np.asarray(png), tile(expected, fill=0))  # near-square: 5 columns x 4 rows
+    for label in ("3", "tsu"):
+        other = tmp_path / f"{label}.npy"
+        argv = [str(conditional_run.model), "--label", label, *flags, "--out", str(tmp_path / f"{label}.png")]
+        assert gan.generate.main([*argv, "--npy", str(other)]) == 0
+        assert np.array_equal(np.load(other), expected)
+    capsys.readouterr()
+
+
+def test_generate_cli_without_label_draws_a_column_per_class(
+    conditional_run: ExportedRun, conditional: OnnxGenerator, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out, npy = tmp_path / "grid.png", tmp_path / "images.npy"
+    assert gan.generate.main([str(conditional_run.model), "--n", "25", "--out", str(out), "--npy", str(npy)]) == 0
+    expected = conditional.generate(25, seed=0)
+    assert np.array_equal(np.load(npy), expected)
+    with Image.open(out) as png:
+        assert np.array_equal(np.asarray(png), tile(expected, columns=10, fill=0))  # column c: class c
+    assert "wrote 25 images of the 10 classes in turn, a column each" in capsys.readouterr().out
+    # --columns still decides; fewer images than classes: as many columns as images.
+    assert gan.generate.main([str(conditional_run.model), "--n", "25", "--columns", "5", "--out", str(out)]) == 0
+    with Image.open(out) as png:
+        assert np.array_equal(np.asarray(png), tile(expected, columns=5, fill=0))
+    assert gan.generate.main([str(conditional_run.model), "--n", "4", "--out", str(out)]) == 0
+    with Image.open(out) as png:
+        assert np.array_equal(np.asarray(png), tile(expected[:4], columns=4, fill=0))
+
+
+@pytest.mark.parametrize(
+    ("label", "expected"),
+    [("10", "--label 10: label '10' is not a class of this model"), ("x", "--label x: label 'x' is not a class")],
+    ids=["10", "x"],
+)
+def test_generate_cli_refuses_a_label_the_model_does_not_have(
+    conditional_run: ExportedRun, tmp_path: Path, capsys: pytest.CaptureFixture[str], label: str, expected: str
+) -> None:
+    with pytest.raises(SystemExit) as exited:
+        gan.generate.main([str(conditional_run.model), "--label", label, "--out", str(tmp_path / "g.png")])
+    assert exited.value.code == 2
+    error = capsys.readouterr().err
+    assert expected in error and VALID_CLASSES in error and "Traceback" not in error
+    assert list(tmp_path.iterdir()) == []

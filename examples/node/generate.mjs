@@ -1,22 +1,31 @@
 // Generate Kuzushiji-MNIST characters from given noise with the exported generator and onnxruntime-node.
 //
-//   node generate.mjs MODEL.onnx NOISE.npy OUT_DIR
+//   node generate.mjs MODEL.onnx NOISE.npy OUT_DIR [--label LABEL]
 //
 // NOISE.npy: float32 [N, latent_dim] (little-endian, C order), e.g. np.save("noise.npy", z.astype(np.float32)).
 // OUT_DIR receives images.npy (the model's raw float32 output [N, 1, 28, 28] in [-1, 1]), image_000.png ...
 // (one 28x28 grayscale PNG per image) and grid.png (all of them tiled).
+//
+// A class-conditional model (trained with --num-classes) makes the class --label names: its index (3), character
+// (つ) or romanized name (tsu). Without --label its images go through the classes in turn (image i: class i mod
+// num_classes, as gan.noise.sample_labels), and grid.png has one column per class. OUT_DIR also receives labels.npy
+// (int64 [N], each image's class). An unconditional model takes no --label.
 import fs from "node:fs";
 import path from "node:path";
 import zlib from "node:zlib";
 
 import * as ort from "onnxruntime-node";
 
+import { classIndex, describeClasses, LABELS_NAME, labelsFor, modelClasses, readModelMetadata } from "../onnx_metadata.mjs";
+
 const INPUT_NAME = "z";
 const OUTPUT_NAME = "images";
+const USAGE = "usage: node generate.mjs MODEL.onnx NOISE.npy OUT_DIR [--label LABEL]";
 
-function fail(message) {
+// Exit status 1 for a file that cannot be used, 2 for an argument that cannot be (as the Python commands).
+function fail(message, status = 1) {
   console.error(`generate.mjs: error: ${message}`);
-  process.exit(1);
+  process.exit(status);
 }
 
 // --- .npy reading and writing (format version 1.0/2.0, float32 little-endian, C order) ---
@@ -52,8 +61,10 @@ function readNpyFloat32(file) {
   return { data, shape };
 }
 
-function writeNpyFloat32(file, data, shape) {
-  let header = `{'descr': '<f4', 'fortran_order': False, 'shape': (${shape.join(", ")}${shape.length === 1 ? "," : ""}), }`;
+// data: a Float32Array ('<f4') or a BigInt64Array ('<i8').
+function writeNpy(file, data, shape) {
+  const descr = data instanceof BigInt64Array ? "<i8" : "<f4";
+  let header = `{'descr': '${descr}', 'fortran_order': False, 'shape': (${shape.join(", ")}${shape.length === 1 ? "," : ""}), }`;
   const unpadded = 10 + header.length + 1;
   header += " ".repeat((64 - (unpadded % 64)) % 64) + "\n";
   const prefix = Buffer.alloc(10);
@@ -111,18 +122,52 @@ function toUint8(value) {
   return fraction > 0.5 || (fraction === 0.5 && floor % 2 === 1) ? floor + 1 : floor;
 }
 
+// The positional arguments and --label (anywhere, as "--label X" or "--label=X").
+function parseArguments(argv) {
+  const positional = [];
+  let label = null;
+  for (let i = 0; i < argv.length; i++) {
+    if (argv[i] === "--label") {
+      if (i + 1 >= argv.length) fail(`--label needs a value (a class index, character or romanized name)\n${USAGE}`, 2);
+      label = argv[++i];
+    } else if (argv[i].startsWith("--label=")) label = argv[i].slice("--label=".length);
+    else if (argv[i].startsWith("--")) fail(`unknown option ${argv[i]}\n${USAGE}`, 2);
+    else positional.push(argv[i]);
+  }
+  if (positional.length !== 3) fail(USAGE);
+  return { modelPath: positional[0], noisePath: positional[1], outDir: positional[2], label };
+}
+
+// The class index of --label for a conditional model; null without --label. Refuses what the model cannot take.
+function chosenClass(label, classes, modelPath) {
+  if (label === null) return null;
+  if (!classes) {
+    fail(`--label ${label}: ${modelPath} is not class-conditional (it has no '${LABELS_NAME}' input), so it takes ` +
+      "no labels; drop --label, or export a run trained with --num-classes", 2);
+  }
+  const index = classIndex(classes, label);
+  if (index === null) {
+    fail(`--label ${label} is not a class of this model; its ${classes.characters.length} classes are ` +
+      `${describeClasses(classes)} (give the index, the character or the romanized name)`, 2);
+  }
+  return index;
+}
+
 async function main() {
-  const [modelPath, noisePath, outDir] = process.argv.slice(2);
-  if (!modelPath || !noisePath || !outDir) fail("usage: node generate.mjs MODEL.onnx NOISE.npy OUT_DIR");
+  const { modelPath, noisePath, outDir, label } = parseArguments(process.argv.slice(2));
   if (!fs.existsSync(modelPath)) fail(`${modelPath} does not exist; export a run first: python export.py RUN_DIR`);
 
   let session;
+  let classes;
   try {
+    const bytes = fs.readFileSync(modelPath);
     // One intra-op thread: faster than onnxruntime's default spinning pool for this small model on small machines.
-    session = await ort.InferenceSession.create(modelPath, { intraOpNumThreads: 1, executionProviders: ["cpu"] });
+    session = await ort.InferenceSession.create(bytes, { intraOpNumThreads: 1, executionProviders: ["cpu"] });
+    classes = modelClasses(session.inputNames, readModelMetadata(bytes));
   } catch (error) {
     fail(`${modelPath} is not a loadable ONNX model (${error.message}); re-export it with python export.py RUN_DIR`);
   }
+  const chosen = chosenClass(label, classes, modelPath);
   const latentDim = Number(session.inputMetadata?.[0]?.shape?.[1]);
   const noise = readNpyFloat32(noisePath);
   if (noise.shape.length !== 2 || (Number.isFinite(latentDim) && noise.shape[1] !== latentDim)) {
@@ -131,13 +176,17 @@ async function main() {
   const [count] = noise.shape;
 
   const feeds = { [INPUT_NAME]: new ort.Tensor("float32", noise.data, noise.shape) };
+  const labels = classes ? BigInt64Array.from(labelsFor(classes, count, chosen), BigInt) : null;
+  if (labels) feeds[LABELS_NAME] = new ort.Tensor("int64", labels, [count]);
   const output = (await session.run(feeds))[OUTPUT_NAME]; // float32 [N, 1, 28, 28]
   const [, , height, width] = output.dims;
 
   fs.mkdirSync(outDir, { recursive: true });
-  writeNpyFloat32(path.join(outDir, "images.npy"), output.data, output.dims);
+  writeNpy(path.join(outDir, "images.npy"), output.data, output.dims);
+  if (labels) writeNpy(path.join(outDir, "labels.npy"), labels, [count]);
 
-  const columns = Math.ceil(Math.sqrt(count));
+  // Near-square; a conditional model's classes in turn: one column per class.
+  const columns = classes && chosen === null ? Math.min(classes.characters.length, count) : Math.ceil(Math.sqrt(count));
   const rows = Math.ceil(count / columns);
   const pad = 2;
   const gridWidth = columns * (width + pad) + pad;
@@ -150,7 +199,10 @@ async function main() {
     for (let y = 0; y < height; y++) grid.set(image.subarray(y * width, (y + 1) * width), (top + y) * gridWidth + left);
   }
   writeGrayPng(path.join(outDir, "grid.png"), grid, gridWidth, grid.length / gridWidth);
-  console.log(`wrote ${count} images (${width}x${height}) to ${outDir}: images.npy, image_*.png, grid.png`);
+  const which = !classes ? "" : chosen === null ? ` of the ${classes.characters.length} classes in turn`
+    : ` of class ${chosen} ${classes.characters[chosen]}${classes.romanized[chosen] ? ` (${classes.romanized[chosen]})` : ""}`;
+  const files = `images.npy, ${labels ? "labels.npy, " : ""}image_*.png, grid.png`;
+  console.log(`wrote ${count} images${which} (${width}x${height}) to ${outDir}: ${files}`);
 }
 
 await main();

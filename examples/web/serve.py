@@ -1,7 +1,8 @@
 """Serve this page on localhost: ``python serve.py --model ../../runs/<run>/generator.onnx [--port 8000]``.
 
 Plain ``http.server``, bound to 127.0.0.1 only, serving this folder (index.html, main.js, node_modules/ after
-``npm ci``) with the exported model at ``/generator.onnx``. It sets the MIME types that browsers insist on for
+``npm ci``) with the exported model at ``/generator.onnx`` and ``examples/onnx_metadata.mjs`` (which the Node example
+shares) at ``/onnx_metadata.mjs``. It sets the MIME types that browsers insist on for
 JavaScript modules and WebAssembly, whatever the machine's mime.types says.
 """
 
@@ -15,6 +16,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 MODEL_ROUTE = "/generator.onnx"
+SHARED_MODULE = HERE.parent / "onnx_metadata.mjs"  # reads the model's metadata, for this page and examples/node
 
 
 class PageHandler(SimpleHTTPRequestHandler):
@@ -31,8 +33,11 @@ class PageHandler(SimpleHTTPRequestHandler):
         super().__init__(*args, directory=str(HERE), **kwargs)
 
     def translate_path(self, path: str) -> str:
-        if path.split("?", 1)[0] == MODEL_ROUTE:
+        route = path.split("?", 1)[0]
+        if route == MODEL_ROUTE:
             return str(self.model)
+        if route == "/" + SHARED_MODULE.name:
+            return str(SHARED_MODULE)
         return super().translate_path(path)
 
     def end_headers(self) -> None:

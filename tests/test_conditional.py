@@ -1,0 +1,353 @@
+"""Class-conditional training (--num-classes): labels drawn and sharded like the noise and the images, the
+labelled step, EMA, pictures, and real runs that train the same model on 1 and 2 processes and resume exactly."""
+
+from __future__ import annotations
+
+import copy
+import csv
+import hashlib
+import json
+import subprocess
+import time
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from accelerate import Accelerator
+from helpers import ROOT, run_command, train_command
+from PIL import Image
+from safetensors import safe_open
+from safetensors.torch import load_file
+from wandb_reader import config_values, history_rows, read_records
+
+from gan.artifacts import CONFIG_FILE, GENERATOR_FILE, load_generator
+from gan.checkpointing import CHECKPOINTS, RESUME_CHANGEABLE, STATE_TENSORS
+from gan.config import parse_config
+from gan.data import (
+    CLASS_CHARACTERS,
+    CLASS_NAMES,
+    KMNISTData,
+    ShardedBatches,
+    class_exemplars,
+    first_classes,
+    load_kmnist,
+    to_signed_unit,
+)
+from gan.ema import GeneratorEMA
+from gan.models import LATENT_DIM, Discriminator, Generator
+from gan.noise import GRID_COLUMNS, GRID_SIZE, grid_inputs, latent_noise, sample_labels, step_labels, step_labels_tensor
+from gan.pictures import DIVIDER, METRICS_CSV, SAMPLES_FINAL, SAMPLES_OVER_TIME, ClassRows, grid_image, tile
+from gan.step import GAN, train_step
+
+CLASSES = 10
+CHARACTERS = list(CLASS_CHARACTERS)
+
+# ---------------------------------------------------------------- labels: drawn, sharded, gridded
+
+
+def test_step_labels_shard_one_global_batch_and_depend_on_seed_and_step():
+    whole = step_labels(5, 17, 128, CLASSES)
+    assert whole.dtype == np.int64 and whole.shape == (128,)
+    assert np.array_equal(np.concatenate([step_labels(5, 17, 128, CLASSES, rank, 4) for rank in range(4)]), whole)
+    assert np.array_equal(whole, step_labels(5, 17, 128, CLASSES))  # a resumed run draws them again
+    assert not np.array_equal(whole, step_labels(5, 18, 128, CLASSES))
+    assert not np.array_equal(whole, step_labels(6, 17, 128, CLASSES))
+    counts = np.bincount(step_labels(0, 0, 10_000, CLASSES), minlength=CLASSES)
+    assert counts.min() > 900 and counts.max() < 1100  # uniform over the classes
+    assert step_labels(0, 0, 1000, 3).max() == 2  # only the run's classes
+    on_cpu = step_labels_tensor(5, 17, 128, CLASSES, "cpu", 1, 2)
+    assert on_cpu.dtype == torch.int64 and np.array_equal(on_cpu.numpy(), step_labels(5, 17, 128, CLASSES, 1, 2))
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_step_labels_on_the_gpu_depend_on_seed_and_step_only():
+    def draw(seed, step, rank=0, processes=1):
+        return step_labels_tensor(seed, step, 128, CLASSES, "cuda", rank, processes)
+
+    whole = draw(5, 17)
+    assert whole.device.type == "cuda" and whole.dtype == torch.int64 and 0 <= whole.min() <= whole.max() < CLASSES
+    torch.randn(7, device="cuda")  # the global generator moving on changes nothing
+    assert torch.equal(torch.cat([draw(5, 17, rank, 2) for rank in range(2)]), whole)
+    assert not torch.equal(draw(5, 18), whole)
+
+
+def test_a_conditional_grid_is_one_row_of_eight_per_class():
+    noise, labels = grid_inputs(3, "grid", 16, CLASSES)
+    assert np.array_equal(labels, np.repeat(np.arange(CLASSES), GRID_COLUMNS))
+    # row c, column j is sample j * CLASSES + c of the seed: the image gan.generate and gan.evaluate draw there
+    samples, sample_classes = latent_noise(3, "grid", GRID_COLUMNS * CLASSES, 16), sample_labels(80, CLASSES)
+    for c in range(CLASSES):
+        for j in range(GRID_COLUMNS):
+            index = j * CLASSES + c
+            assert np.array_equal(noise[c * GRID_COLUMNS + j], samples[index]) and sample_classes[index] == c
+    noise, labels = grid_inputs(3, "samples", 16)  # the chapter's grid: 64 vectors, no labels
+    assert labels is None and np.array_equal(noise, latent_noise(3, "samples", GRID_SIZE, 16))
+
+
+def _labelled_data(count: int = 1000) -> KMNISTData:
+    """Image i is filled with the value i % 256 and has label i % 10 (after the first, which is class 3)."""
+    images = (torch.arange(count) % 256).to(torch.uint8)[:, None, None].expand(count, 28, 28).contiguous()
+    labels = torch.arange(count) % CLASSES
+    labels[0] = 3
+    return KMNISTData(images, labels, "test")
+
+
+@pytest.mark.parametrize("num_processes", [1, 2, 4])
+def test_labels_are_sharded_exactly_like_their_images(num_processes):
+    data = _labelled_data()
+    ids = torch.arange(len(data))  # an image's index, carried as its "label", shows which image each shard got
+    for rank in range(num_processes):
+        batches = ShardedBatches(data.images, 64, 7, rank, num_processes, labels=ids)
+        for batch, (images, labels) in enumerate(batches.labelled_epoch(2)):
+            assert torch.equal(labels, batches.local_indices(2, batch))
+            assert torch.equal(images, to_signed_unit(data.images[labels]).unsqueeze(1))  # each with its own label
+            assert torch.equal(images, next(batches.epoch(2, batch)))  # the images alone, as before
+    with pytest.raises(ValueError, match="labels"):
+        ShardedBatches(data.images, 64, 7, labels=ids[:-1])
+    plain = ShardedBatches(data.images, 64, 7)
+    assert next(plain.labelled_epoch(0))[1] is None
+
+
+def test_fewer_classes_keep_their_images_and_each_class_has_an_exemplar():
+    data = _labelled_data()
+    assert first_classes(data, 0) is data and first_classes(data, CLASSES) is data
+    three = first_classes(data, 3)
+    assert len(three) == 299 and set(three.labels.tolist()) == {0, 1, 2}  # 3 x 100, less image 0 (class 3)
+    assert torch.equal(three.images, data.images[data.labels < 3])
+    firsts = [10, 1, 2, 0, 4, 5, 6, 7, 8, 9]  # image 0 is the first of class 3, so class 0's is image 10
+    assert torch.equal(class_exemplars(data, CLASSES), data.images[firsts])
+
+
+@pytest.mark.parametrize(("argv", "expected"), [
+    (["--num-classes", "1"], "--num-classes must be 0 (unconditional) or 2..10"),
+    (["--num-classes", "11"], "--num-classes must be 0 (unconditional) or 2..10"),
+    (["--num-classes", "-1"], "--num-classes must be 0 (unconditional) or 2..10"),
+    (["--split", "test", "--num-classes", "2", "--batch-size", "3000"],
+     "--batch-size 3000 is larger than the test split of its first 2 classes (2000 images)"),
+])
+def test_bad_class_counts_are_refused_at_parse_time(argv, expected, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        parse_config(argv)
+    assert exit_info.value.code == 2 and expected in capsys.readouterr().err
+
+
+def test_the_class_count_defines_the_run():
+    assert parse_config([]).num_classes == 0  # the chapter's model by default
+    assert parse_config(["--num-classes", "10"]).num_classes == 10
+    assert "num_classes" not in RESUME_CHANGEABLE
+
+
+# ---------------------------------------------------------------- the labelled step, EMA, pictures
+
+
+def _sgd(module: torch.nn.Module) -> torch.optim.SGD:
+    return torch.optim.SGD(module.parameters(), lr=0.05)  # linear in the gradients: see tests/test_step.py
+
+
+def _reference_step(generator, discriminator, opt_g, opt_d, real, real_classes, noise, fake_classes):
+    """The chapter's step written out literally, each network given the images' classes."""
+    ones, zeros = torch.ones(len(real), dtype=real.dtype), torch.zeros(len(real), dtype=real.dtype)
+    discriminator.zero_grad()
+    F.binary_cross_entropy_with_logits(discriminator(real, real_classes), ones).backward()
+    fake = generator(noise, fake_classes)
+    F.binary_cross_entropy_with_logits(discriminator(fake.detach(), fake_classes), zeros).backward()
+    opt_d.step()
+    generator.zero_grad()
+    F.binary_cross_entropy_with_logits(discriminator(fake, fake_classes), ones).backward()
+    opt_g.step()
+
+
+def test_labelled_train_step_matches_the_chapter_step_with_classes():
+    """Small networks in float64 (a full-size float64 step takes seconds on 2 cores); the same code at any size."""
+    latent_dim, width, batch = 16, 8, 16
+
+    def networks():
+        torch.manual_seed(0)
+        return (Generator(latent_dim, width, CLASSES).double(), Discriminator(width, CLASSES).double())
+
+    generator, discriminator = networks()
+    reference = copy.deepcopy(generator), copy.deepcopy(discriminator)
+    gan = GAN(generator, discriminator, _sgd(generator), _sgd(discriminator))
+    ref_opts = _sgd(reference[0]), _sgd(reference[1])
+    accelerator = Accelerator(cpu=True)
+    for step in range(3):
+        real = torch.rand(batch, 1, 28, 28, dtype=torch.float64) * 2 - 1
+        real_classes = torch.randint(0, CLASSES, (batch,))
+        noise = torch.randn(batch, latent_dim, dtype=torch.float64)
+        fake_classes = step_labels_tensor(0, step, batch, CLASSES, "cpu")
+        metrics = train_step(accelerator, gan, real, noise, 1.0, real_classes, fake_classes)
+        _reference_step(*reference, *ref_opts, real, real_classes, noise, fake_classes)
+        assert torch.isfinite(metrics).all()
+    for ours, theirs in zip((generator, discriminator), reference, strict=True):
+        for (name, a), b in zip(ours.state_dict().items(), theirs.state_dict().values(), strict=True):
+            assert torch.allclose(a, b, rtol=0, atol=1e-12), name
+    # the classes are learned: both embeddings moved away from their initial values
+    initial_g, initial_d = networks()
+    assert not torch.equal(generator.label_embedding.weight, initial_g.label_embedding.weight)
+    assert not torch.equal(discriminator.projection.weight, initial_d.projection.weight)
+
+
+def test_the_step_uses_the_classes_it_is_given():
+    def metrics_with(fake_classes):
+        torch.manual_seed(0)
+        generator, discriminator = Generator(16, 8, CLASSES), Discriminator(8, CLASSES)
+        gan = GAN(generator, discriminator, _sgd(generator), _sgd(discriminator))
+        torch.manual_seed(1)
+        real, noise = torch.rand(16, 1, 28, 28) * 2 - 1, torch.randn(16, 16)
+        return train_step(Accelerator(cpu=True), gan, real, noise, 1.0, torch.zeros(16, dtype=torch.long),
+                          fake_classes)
+
+    zeros, ones = torch.zeros(16, dtype=torch.long), torch.ones(16, dtype=torch.long)
+    assert not torch.equal(metrics_with(zeros), metrics_with(ones))
+
+
+def test_ema_of_a_conditional_generator_averages_and_restores_its_embedding():
+    torch.manual_seed(0)
+    generator = Generator(num_classes=CLASSES)
+    ema = GeneratorEMA(generator, decay=0.5, device=torch.device("cpu"))
+    assert ema.model.num_classes == CLASSES and ema.model.latent_dim == LATENT_DIM
+    with torch.no_grad():
+        generator.label_embedding.weight.add_(1.0)
+    ema.update(generator)
+    weight = generator.label_embedding.weight
+    torch.testing.assert_close(ema.model.label_embedding.weight, 0.1 * (weight - 1.0) + 0.9 * weight)  # decay 0.1
+    restored = GeneratorEMA(Generator(num_classes=CLASSES), decay=0.5, device=torch.device("cpu"))
+    restored.load_tensors(ema.tensors())
+    assert restored.updates == 1
+    assert torch.equal(restored.model.label_embedding.weight, ema.model.label_embedding.weight)
+
+
+def _rows(classes: int = CLASSES) -> ClassRows:
+    exemplars = np.stack([np.full((28, 28), 200 + label, np.uint8) for label in range(classes)])
+    return ClassRows(exemplars, CLASS_NAMES[:classes], CLASS_CHARACTERS[:classes])
+
+
+def test_the_labelled_grid_has_one_row_per_class_led_by_its_real_image():
+    images = np.repeat(np.arange(CLASSES, dtype=np.uint8), GRID_COLUMNS)[:, None, None] * np.ones((28, 28), np.uint8)
+    picture = grid_image(images, _rows(), pad=2)
+    assert picture.shape == (CLASSES * 30 + 2, 32 + DIVIDER + GRID_COLUMNS * 30 + 2)
+    samples_left = 32 + DIVIDER
+    for label in range(CLASSES):
+        top = 2 + label * 30
+        assert (picture[top : top + 28, 2:30] == 200 + label).all()  # the class's real image leads its row
+        assert (picture[top : top + 28, 32 : 32 + DIVIDER] == 0).all()  # then the divider
+        row = picture[top - 2 : top + 30, samples_left:]  # then the class's samples, with the pad around them
+        assert np.array_equal(row, tile(images[label * GRID_COLUMNS : (label + 1) * GRID_COLUMNS], columns=8))
+    assert np.array_equal(grid_image(images), tile(images, columns=GRID_COLUMNS))  # unconditional: the chapter's
+    with pytest.raises(ValueError, match="8 images a class"):
+        grid_image(images[:-1], _rows())
+    assert _rows(3).legend() == "rows: 0 お (o), 1 き (ki), 2 す (su)"
+
+
+# ---------------------------------------------------------------- real runs: 1 and 2 processes, kill and resume
+
+STEPS = 20
+FLAGS = ("--split", "test", "--no-download", "--num-classes", str(CLASSES), "--log-every", "5", "--eval-every", "0")
+
+
+def _flags(data_dir, output_dir, run_name, *extra):
+    return ["--data-dir", str(data_dir), "--output-dir", str(output_dir), "--run-name", run_name, *FLAGS,
+            "--max-steps", str(STEPS), *extra]
+
+
+def _max_difference(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> float:
+    assert a.keys() == b.keys()
+    return max((a[k].double() - b[k].double()).abs().max().item() for k in a)
+
+
+@pytest.fixture(scope="module")
+def world_size_runs(shared_data, tmp_path_factory):
+    """20 conditional steps with 1 and with 2 processes, same seed and global batch, float64 (see test_train.py)."""
+    out = tmp_path_factory.mktemp("conditional-world-size")
+    for processes in (1, 2):
+        run_command(train_command(*_flags(shared_data, out, f"p{processes}", "--dtype", "float64", "--ema-decay", "0",
+                                          "--report-to", "none"), processes=processes), timeout=400)
+    return out
+
+
+@pytest.mark.slow  # two real runs, one of them 2 gloo processes
+@pytest.mark.timeout(900)
+def test_world_size_invariance_of_a_conditional_run(world_size_runs):
+    one = load_file(str(world_size_runs / "p1" / GENERATOR_FILE))
+    two = load_file(str(world_size_runs / "p2" / GENERATOR_FILE))
+    assert "label_embedding.weight" in one
+    assert _max_difference(one, two) <= 1e-4
+    torch.manual_seed(0)
+    initial = Generator(num_classes=CLASSES).state_dict()
+    assert (one["label_embedding.weight"] - initial["label_embedding.weight"]).abs().max() > 1e-3  # it learned
+    configs = [json.loads((world_size_runs / run / CONFIG_FILE).read_text()) for run in ("p1", "p2")]
+    assert [(c["world_size"], c["final_step"], c["num_classes"]) for c in configs] == [(1, STEPS, 10), (2, STEPS, 10)]
+    assert all(c["class_names"] == CHARACTERS for c in configs)
+
+
+@pytest.fixture(scope="module")
+def conditional_run(shared_data, tmp_path_factory):
+    """An uninterrupted conditional run with EMA, W&B (offline), an evaluation and checkpoints every 10 steps."""
+    out = tmp_path_factory.mktemp("conditional")
+    env = {"WANDB_API_KEY": None, "WANDB_MODE": "offline", "HOME": str(out)}
+    run_command(train_command(*_flags(shared_data, out, "reference", "--checkpoint-every", "10", "--sample-every",
+                                      "10", "--eval-every", str(STEPS), "--eval-samples", "500")), env=env)
+    return out / "reference"
+
+
+@pytest.mark.slow
+def test_a_conditional_run_records_its_classes(conditional_run):
+    config = json.loads((conditional_run / CONFIG_FILE).read_text())
+    assert config["num_classes"] == CLASSES and config["class_names"] == CHARACTERS
+    with safe_open(str(conditional_run / GENERATOR_FILE), "pt") as file:
+        metadata = file.metadata()
+    assert metadata["num_classes"] == "10" and json.loads(metadata["class_names"]) == CHARACTERS
+    generator, _ = load_generator(conditional_run)
+    assert generator.num_classes == CLASSES
+    state = load_file(str(conditional_run / CHECKPOINTS / "step_20" / STATE_TENSORS))
+    assert torch.equal(state["fixed_labels"], torch.arange(CLASSES).repeat_interleave(GRID_COLUMNS))
+    assert "ema.label_embedding.weight" in state and state["grids"].shape == (2, GRID_COLUMNS * CLASSES, 28, 28)
+    with open(conditional_run / METRICS_CSV) as f:
+        rows = list(csv.DictReader(f))
+    assert float(rows[-1]["eval/fid"]) > 0  # --eval-every evaluated the conditional generator
+
+
+@pytest.mark.slow
+def test_the_pictures_and_wandb_grids_have_one_row_per_class(conditional_run, shared_data):
+    (log,) = (conditional_run / "wandb").glob("offline-run-*/run-*.wandb")
+    records = read_records(log)
+    assert config_values(records)["class_names"] == json.dumps(CHARACTERS, ensure_ascii=False)
+    grids = [row for row in history_rows(records) if "samples/fixed_noise/_type" in row]
+    assert [row["step"] for row in grids] == [10, 20]
+    state = load_file(str(conditional_run / CHECKPOINTS / "step_20" / STATE_TENSORS))
+    exemplars = class_exemplars(load_kmnist(shared_data, "test", download=False), CLASSES).numpy()
+    expected = grid_image(state["grids"][-1].numpy(), ClassRows(exemplars, CLASS_NAMES, CLASS_CHARACTERS))
+    last = grids[-1]
+    assert last["samples/fixed_noise/caption"].startswith("step 20; rows: 0 お (o), 1 き (ki)")
+    path = log.parent / "files" / last["samples/fixed_noise/path"]
+    assert hashlib.sha256(path.read_bytes()).hexdigest() == last["samples/fixed_noise/sha256"]
+    with Image.open(path) as image:
+        pixels = np.asarray(image.convert("L"))
+    assert pixels.shape == (CLASSES * 30 + 2, 32 + DIVIDER + GRID_COLUMNS * 30 + 2)
+    assert np.array_equal(pixels, expected)  # the step's grid, each row led by its class's first real image
+    for name in (SAMPLES_OVER_TIME, SAMPLES_FINAL):
+        with Image.open(conditional_run / name) as image:
+            assert len(np.unique(np.asarray(image.convert("L")))) > 10
+
+
+@pytest.mark.slow
+def test_a_killed_conditional_run_resumes_exactly(conditional_run, shared_data, tmp_path):
+    flags = _flags(shared_data, tmp_path, "killed", "--checkpoint-every", "10", "--sample-every", "10",
+                   "--report-to", "none")
+    process = subprocess.Popen(train_command(*flags), cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 300
+    while not (tmp_path / "killed" / CHECKPOINTS / "step_10").is_dir():
+        assert time.monotonic() < deadline and process.poll() is None, "no checkpoint at step 10"
+        time.sleep(0.05)
+    process.kill()
+    process.wait(timeout=30)
+    assert not (tmp_path / "killed" / GENERATOR_FILE).exists()
+    refused = run_command(train_command(*flags, "--resume", "latest", "--num-classes", "0"), check=False)
+    assert refused.returncode == 2 and "--num-classes 0" in refused.stderr  # the class count defines the run
+    result = run_command(train_command(*flags, "--resume", "latest"))
+    assert "resumed from" in result.stdout
+    reference = load_file(str(conditional_run / GENERATOR_FILE))
+    resumed = load_file(str(tmp_path / "killed" / GENERATOR_FILE))
+    assert _max_difference(reference, resumed) == 0  # bit for bit, the EMA weights with their embedding
