@@ -302,9 +302,12 @@ class TrainConfig:
                          f"({self.training_images} images); choose at most that, or a larger --split")
         from gan.metrics import PRECISION_RECALL_K  # torchmetrics: imported only when checking this
 
-        if 1 <= self.eval_samples <= PRECISION_RECALL_K and self.eval_every != 0:
-            found.append(f"--eval-samples must be more than {PRECISION_RECALL_K} (precision/recall compare each "
-                         f"sample with its {PRECISION_RECALL_K} nearest neighbours), got {self.eval_samples}")
+        per_class = max(self.num_classes, 1)  # a conditional evaluation compares each class on its own
+        least = (PRECISION_RECALL_K + 1) * per_class
+        if 1 <= self.eval_samples < least and self.eval_every != 0:
+            found.append(f"--eval-samples must be at least {least} (precision/recall compare each sample with its "
+                         f"{PRECISION_RECALL_K} nearest neighbours{', in each class' if self.num_classes else ''}), "
+                         f"got {self.eval_samples}")
         if self.max_steps < 0:
             found.append(f"--max-steps must be 0 (no limit) or positive, got {self.max_steps}")
         for name in ("lr", "lr_generator", "lr_discriminator"):

@@ -4,10 +4,12 @@
     python -m gan.evaluate train-classifier --data-dir data --split test [--out WEIGHTS.safetensors]
 
 The first prints a table of the metrics (see :mod:`gan.metrics`) next to the real-vs-real floor and writes
-them as JSON (default: ``RUN_DIR/evaluation.json``, or ``MODEL.evaluation.json`` beside an ONNX file). It compares
-against the data the run trained on: ``--data-dir`` and ``--split`` default to the ``data_dir`` and ``split`` of
-the run's ``config.json`` (the run folder's, or the one beside the ONNX file), else to ``data`` and ``test``.
-The second writes gan/assets/kmnist_classifier.safetensors and its record kmnist_classifier.json by default.
+them as JSON (default: ``RUN_DIR/evaluation.json``, or ``MODEL.evaluation.json`` beside an ONNX file). For a
+class-conditional generator (a run whose config.json has num_classes, or an ONNX model whose metadata has) it asks
+for every class in turn and adds the per-class metrics and a row per class. It compares against the data the run
+trained on: ``--data-dir`` and ``--split`` default to the ``data_dir`` and ``split`` of the run's ``config.json``
+(the run folder's, or the one beside the ONNX file), else to ``data`` and ``test``. The second
+writes gan/assets/kmnist_classifier.safetensors and its record kmnist_classifier.json by default.
 """
 
 from __future__ import annotations
@@ -37,15 +39,29 @@ from gan.classifier import (
 )
 from gan.cli import HelpFormatter, add_dataclass_flags, at_least_one, exit_with_problems, flag_name
 from gan.config import MAX_EVAL_SAMPLES
-from gan.data import SPLIT_SIZES, SPLITS, DataError, MissingDataError, load_kmnist
-from gan.metrics import CONFIDENCE_THRESHOLD, PRECISION_RECALL_K, QUALITY_METRICS, Evaluator
+from gan.data import CLASS_CHARACTERS, NUM_CLASSES, SPLIT_SIZES, SPLITS, DataError, MissingDataError, load_kmnist
+from gan.metrics import (
+    CONDITIONAL_METRICS,
+    CONFIDENCE_THRESHOLD,
+    PRECISION_RECALL_K,
+    QUALITY_METRICS,
+    ClassResult,
+    Evaluator,
+)
 from gan.noise import seed_problem
 from gan.paths import input_file_problem, output_file_problem
-from gan.samplers import generate, open_generator
+from gan.samplers import open_generator
 
 TRAIN_COMMAND = "train-classifier"
 SOURCE = "RUN_DIR|MODEL.onnx"
-HIGHER_IS_BETTER = {"fid": False, "kid": False, "kid_std": None}  # the rest: higher is better
+HIGHER_IS_BETTER = {  # the rest: higher is better
+    "fid": False,
+    "kid": False,
+    "kid_std": None,
+    "class_fid_mean": False,
+    "class_fid_worst": False,
+    "class_fid_worst_class": None,
+}
 # Without flags and without a run config.json: the reference of the shipped classifier's record.
 FALLBACK_REFERENCE = {"data_dir": "data", "split": "test"}
 # A typo guard: each KID subset takes about 0.15 s on 2 CPU cores, and the real floor computes KID again.
@@ -285,7 +301,8 @@ def run_evaluation(argv: list[str]) -> int:
     source = Path(args.source)
     seconds: dict[str, float] = {}
     clock = time.perf_counter()
-    sampler, latent_dim, kind = open_generator(source, args.device)
+    generator = open_generator(source, args.device)
+    exit_with_problems(parser, class_problems(args, generator.num_classes))
     reference = resolve_reference(source, args.data_dir, args.split)
     print(f"comparing against {reference.describe()}", flush=True)
     note = f" Without flags, both come from the run's {reference.run_config}." if reference.run_config else ""
@@ -301,26 +318,30 @@ def run_evaluation(argv: list[str]) -> int:
             batch_size=args.batch_size,
         )
     seconds["load_reference"], clock = time.perf_counter() - clock, time.perf_counter()
-    images = generate(sampler, latent_dim, args.n, args.seed, args.batch_size)
+    images, labels = generator.generate(args.n, args.seed, args.batch_size)
     seconds["generate"], clock = time.perf_counter() - clock, time.perf_counter()
-    metrics = evaluator.evaluate(images)
+    report = evaluator.report(images, labels)
     seconds["evaluate"], clock = time.perf_counter() - clock, time.perf_counter()
-    floor = evaluator.real_floor()
+    floor = evaluator.real_floor(per_class_metrics=labels is not None)
     seconds["real_floor"] = time.perf_counter() - clock
 
     half = len(evaluator.real) // 2
+    conditional = f", conditional on {generator.num_classes} classes" if generator.num_classes else ""
     print(
-        f"{kind} generator {args.source}: {args.n} samples (seed {args.seed}) vs {len(evaluator.real)} real "
-        f"'{reference.split}' images; floor: real half vs real half ({half} vs {half})"
+        f"{generator.kind} generator {args.source}{conditional}: {args.n} samples (seed {args.seed}) vs "
+        f"{len(evaluator.real)} real '{reference.split}' images; floor: real half vs real half ({half} vs {half})"
     )
-    print(format_table(metrics, floor))
+    print(format_table(report.metrics, floor))
+    if report.classes:
+        print(format_classes(report.classes))
     print("seconds: " + ", ".join(f"{name} {value:.1f}" for name, value in seconds.items()))
 
     json_path = results_path(args)
     record = evaluator.classifier_record
     payload: dict[str, Any] = {
         "source": str(args.source),
-        "kind": kind,
+        "kind": generator.kind,
+        "num_classes": generator.num_classes,
         "samples": args.n,
         "seed": args.seed,
         "reference": {
@@ -336,7 +357,12 @@ def run_evaluation(argv: list[str]) -> int:
             "holdout_accuracy": record.get("holdout_accuracy"),
             "trained_on": record.get("data"),
         },
-        "metrics": metrics,
+        "metrics": report.metrics,
+        **(
+            {"classes": [{**dataclasses.asdict(c), "character": c.character} for c in report.classes]}
+            if report.classes
+            else {}
+        ),
         "real_floor": {"images": [half, half], "metrics": floor},
         "seconds": {name: round(value, 3) for name, value in seconds.items()},
         "versions": versions(),
@@ -344,6 +370,22 @@ def run_evaluation(argv: list[str]) -> int:
     write_json(json_path, payload)
     print(f"wrote {json_path}")
     return 0
+
+
+def class_problems(args: argparse.Namespace, num_classes: int) -> list[str]:
+    """What a conditional generator asks of the flags: --n large enough for every class's precision/recall."""
+    if num_classes > NUM_CLASSES:
+        return [
+            f"{args.source} is conditional on {num_classes} classes, but the KMNIST classifier knows "
+            f"{NUM_CLASSES}: its per-class metrics cannot be computed"
+        ]
+    needed = (args.k + 1) * num_classes  # the balanced labels of gan.noise.sample_labels: n / num_classes per class
+    if num_classes and args.n < needed:
+        return [
+            f"--n must be at least {needed} for a generator conditional on {num_classes} classes (more than "
+            f"--k {args.k} samples of each class), got {args.n}"
+        ]
+    return []
 
 
 def results_path(args: argparse.Namespace) -> Path:
@@ -355,11 +397,28 @@ def results_path(args: argparse.Namespace) -> Path:
 
 
 def format_table(metrics: dict[str, float], floor: dict[str, float]) -> str:
-    rows = [f"{'metric':<17} {'generated':>11} {'real floor':>11}  better"]
-    for name in QUALITY_METRICS:
+    """The metrics beside the real floor: :data:`QUALITY_METRICS`, then :data:`CONDITIONAL_METRICS` if present."""
+    rows = [f"{'metric':<21} {'generated':>11} {'real floor':>11}  better"]
+    for name in (*QUALITY_METRICS, *(name for name in CONDITIONAL_METRICS if name in metrics)):
         better = {False: "lower", True: "higher", None: ""}[HIGHER_IS_BETTER.get(name, True)]
-        rows.append(f"{name:<17} {_number(metrics[name]):>11} {_number(floor[name]):>11}  {better}")
+        show = _class_name if name == "class_fid_worst_class" else _number
+        rows.append(f"{name:<21} {show(metrics[name]):>11} {show(floor[name]):>11}  {better}")
     return "\n".join(rows)
+
+
+def format_classes(classes: list[ClassResult]) -> str:
+    """One row per requested class: its samples against the real images of that class."""
+    rows = [f"{'class':<8} {'samples':>8} {'accuracy':>9} {'fid':>9} {'precision':>10} {'recall':>8}"]
+    for c in classes:
+        rows.append(
+            f"{_class_name(c.label):<8} {c.samples:>8} {c.accuracy:>9.4f} {c.fid:>9.3f} "
+            f"{c.precision:>10.4f} {c.recall:>8.4f}"
+        )
+    return "\n".join(rows)
+
+
+def _class_name(label: float) -> str:
+    return f"{int(label)} {CLASS_CHARACTERS[int(label)]}"
 
 
 def _number(value: float) -> str:

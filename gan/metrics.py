@@ -10,6 +10,16 @@ images of one split, a set of generated images gets (:data:`QUALITY_METRICS`):
 - ``confident_share``: the share of samples whose top class has probability > 0.9;
 - ``precision``, ``recall``: k-nearest-neighbour manifolds in feature space (Kynkaanniemi et al. 2019).
 
+A class-conditional generator's samples come with the labels they were asked for; with those labels
+``evaluate(images, labels)`` adds :data:`CONDITIONAL_METRICS`, each class's samples measured against the real
+images of that class:
+
+- ``class_accuracy``: the share of samples the classifier assigns to their requested class;
+- ``class_fid_mean``, ``class_fid_worst`` and ``class_fid_worst_class`` (that class's label, as a float like the
+  rest): FID of each class's samples against the real images of the class, averaged over the requested classes,
+  and the largest;
+- ``class_precision_mean``, ``class_recall_mean``: precision and recall within each class, averaged.
+
 :class:`Evaluator` loads the classifier and the real features once; ``evaluate(images)`` then costs one
 classifier pass over the samples plus the statistics. The classifier runs once per image set and its features
 feed FID, KID and precision/recall alike, so torchmetrics receives features, not images
@@ -21,14 +31,14 @@ from __future__ import annotations
 import math
 import os
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 from torch import nn
 
 from gan.classifier import CLASSIFIER_WEIGHTS, EvaluationError, KMNISTClassifier, load_classifier
-from gan.data import NUM_CLASSES, load_kmnist, to_signed_unit
+from gan.data import CLASS_CHARACTERS, NUM_CLASSES, load_kmnist, to_signed_unit
 
 CONFIDENCE_THRESHOLD = 0.9
 PRECISION_RECALL_K = 3  # neighbours per point in precision/recall: a set needs more samples than this
@@ -41,6 +51,15 @@ QUALITY_METRICS = (
     "confident_share",
     "precision",
     "recall",
+)
+# Added by evaluate(images, labels): what a class-conditional generator makes of each requested class.
+CONDITIONAL_METRICS = (
+    "class_accuracy",
+    "class_fid_mean",
+    "class_fid_worst",
+    "class_fid_worst_class",
+    "class_precision_mean",
+    "class_recall_mean",
 )
 
 
@@ -129,8 +148,9 @@ def kernel_distance(real: torch.Tensor, fake: torch.Tensor, subsets: int = 100, 
     return mean.item(), std.item()
 
 
-def precision_recall(real: torch.Tensor, fake: torch.Tensor, k: int = PRECISION_RECALL_K,
-                     chunk: int = 2048) -> tuple[float, float]:
+def precision_recall(
+    real: torch.Tensor, fake: torch.Tensor, k: int = PRECISION_RECALL_K, chunk: int = 2048
+) -> tuple[float, float]:
     """Improved precision and recall (Kynkaanniemi et al. 2019) of feature sets [N, D] of equal size.
 
     Each point of a set stands for a ball reaching to its k-th nearest neighbour in that set. Precision: the
@@ -168,17 +188,15 @@ def class_metrics(probabilities: torch.Tensor) -> dict[str, float]:
     }
 
 
-def compare(real: Classified, fake: Classified, k: int = PRECISION_RECALL_K, kid_subsets: int = 100,
-            seed: int = 0) -> dict[str, float]:
+def compare(
+    real: Classified, fake: Classified, k: int = PRECISION_RECALL_K, kid_subsets: int = 100, seed: int = 0
+) -> dict[str, float]:
     """Every metric of ``fake`` against ``real`` (keys: :data:`QUALITY_METRICS`).
 
     Precision/recall use equally many points of each set: a seeded random subset of the larger one.
     """
     kid, kid_std = kernel_distance(real.features, fake.features, kid_subsets, seed)
-    size = min(len(real), len(fake))
-    precision, recall = precision_recall(
-        _random_subset(real.features, size, seed), _random_subset(fake.features, size, seed + 1), k
-    )
+    precision, recall = balanced_precision_recall(real.features, fake.features, k, seed)
     return {
         "fid": frechet_distance(real.features, fake.features),
         "kid": kid,
@@ -189,16 +207,132 @@ def compare(real: Classified, fake: Classified, k: int = PRECISION_RECALL_K, kid
     }
 
 
+def balanced_precision_recall(real: torch.Tensor, fake: torch.Tensor, k: int, seed: int) -> tuple[float, float]:
+    """:func:`precision_recall` of equally many points of each feature set: a seeded subset of the larger one."""
+    size = min(len(real), len(fake))
+    return precision_recall(_random_subset(real, size, seed), _random_subset(fake, size, seed + 1), k)
+
+
 def _random_subset(features: torch.Tensor, size: int, seed: int) -> torch.Tensor:
     if size >= len(features):
         return features
     return features[torch.randperm(len(features), generator=torch.Generator().manual_seed(seed))[:size]]
 
 
-class Evaluator:
-    """Built once (classifier and real features loaded), then ``evaluate(images)`` as often as needed.
+# ------------------------------------------------------------------------------------------------------------
+# Per class: a conditional generator's samples against the real images of the class they were asked for
+# ------------------------------------------------------------------------------------------------------------
 
-    ``images``: float [N, 1, 28, 28] in [-1, 1] on any device. The reference is every image of ``split``.
+
+@dataclass(frozen=True)
+class ClassResult:
+    """One requested class: its samples against the real images of that class."""
+
+    label: int
+    samples: int
+    real_images: int
+    accuracy: float  # share of the class's samples the classifier assigns to it
+    fid: float
+    precision: float
+    recall: float
+
+    @property
+    def character(self) -> str:
+        return CLASS_CHARACTERS[self.label]
+
+
+def check_labels(labels: torch.Tensor, num_images: int, k: int) -> torch.Tensor:
+    """``labels`` as CPU int64 [num_images], or an EvaluationError that says what was expected.
+
+    Every requested class needs more than ``k`` samples: precision/recall within the class use k neighbours.
+    """
+    expected = f"int64 labels [{num_images}] in 0..{NUM_CLASSES - 1}, one per image"
+    if not isinstance(labels, torch.Tensor) or labels.dtype not in (torch.int64, torch.int32):
+        raise EvaluationError(f"expected {expected}, got {type(labels).__name__} {getattr(labels, 'dtype', '')}")
+    if tuple(labels.shape) != (num_images,):
+        raise EvaluationError(f"expected {expected}, got shape {list(labels.shape)}")
+    labels = labels.cpu().long()
+    outside = labels[(labels < 0) | (labels >= NUM_CLASSES)]
+    if len(outside):
+        raise EvaluationError(f"expected {expected}; {len(outside)} are not, e.g. {outside[0].item()}")
+    counts = torch.bincount(labels, minlength=NUM_CLASSES)
+    few = [(label, count) for label, count in enumerate(counts.tolist()) if 0 < count <= k]
+    if few:
+        label, count = few[0]
+        raise EvaluationError(
+            f"class {label} ({CLASS_CHARACTERS[label]}) has {count} samples, but the per-class metrics need more "
+            f"than k={k} of every requested class: make at least {(k + 1) * int((counts > 0).sum())} samples"
+        )
+    return labels
+
+
+def per_class(
+    real: Classified,
+    real_labels: torch.Tensor,
+    fake: Classified,
+    fake_labels: torch.Tensor,
+    k: int = PRECISION_RECALL_K,
+    seed: int = 0,
+) -> list[ClassResult]:
+    """Each class requested in ``fake_labels`` (ascending): its samples against ``real``'s images of the class."""
+    fake_labels = check_labels(fake_labels, len(fake), k)
+    real_labels = real_labels.cpu()
+    correct = fake.probabilities.argmax(1).cpu() == fake_labels
+    results = []
+    for label in fake_labels.unique().tolist():
+        fake_index, real_index = (fake_labels == label).nonzero()[:, 0], (real_labels == label).nonzero()[:, 0]
+        if len(real_index) <= k:
+            raise EvaluationError(
+                f"the reference holds {len(real_index)} real images of class {label} ({CLASS_CHARACTERS[label]}): "
+                f"too few to compare that class's samples with (more than k={k} needed); choose a larger split"
+            )
+        real_class, fake_class = real.subset(real_index).features, fake.subset(fake_index).features
+        precision, recall = balanced_precision_recall(real_class, fake_class, k, seed)
+        results.append(
+            ClassResult(
+                label=label,
+                samples=len(fake_index),
+                real_images=len(real_index),
+                accuracy=correct[fake_index].double().mean().item(),
+                fid=frechet_distance(real_class, fake_class),
+                precision=precision,
+                recall=recall,
+            )
+        )
+    return results
+
+
+def summarise_classes(classes: list[ClassResult]) -> dict[str, float]:
+    """:data:`CONDITIONAL_METRICS` of the per-class results (means over the requested classes)."""
+    worst = max(classes, key=lambda result: result.fid)
+    mean = lambda values: sum(values) / len(values)  # noqa: E731
+    # class_accuracy over all samples: with the balanced labels of gan.noise.sample_labels, the mean over classes
+    return {
+        "class_accuracy": sum(result.accuracy * result.samples for result in classes)
+        / sum(result.samples for result in classes),
+        "class_fid_mean": mean([result.fid for result in classes]),
+        "class_fid_worst": worst.fid,
+        "class_fid_worst_class": float(worst.label),
+        "class_precision_mean": mean([result.precision for result in classes]),
+        "class_recall_mean": mean([result.recall for result in classes]),
+    }
+
+
+@dataclass(frozen=True)
+class Report:
+    """What :meth:`Evaluator.report` measures: ``metrics`` (:data:`QUALITY_METRICS`, plus
+    :data:`CONDITIONAL_METRICS` when labels were given) and, then, one :class:`ClassResult` per requested class."""
+
+    metrics: dict[str, float]
+    classes: list[ClassResult] = field(default_factory=list)
+
+
+class Evaluator:
+    """Built once (classifier, real features and labels loaded), then ``evaluate(images[, labels])`` as often as needed.
+
+    ``images``: float [N, 1, 28, 28] in [-1, 1] on any device; ``labels`` (a conditional generator's): int64 [N],
+    the class each image was asked to show. The reference is every image of ``split``, and for the per-class
+    metrics every image of the split with that class's label.
     """
 
     def __init__(
@@ -221,20 +355,41 @@ class Evaluator:
         self.k, self.kid_subsets, self.seed, self.batch_size = k, kid_subsets, seed, batch_size
         data = load_kmnist(data_dir, split, download)
         self.real = classify(self.classifier, to_signed_unit(data.images).unsqueeze(1), batch_size)
+        self.real_labels = data.labels  # int64 [N]: the per-class reference
 
     def classify(self, images: torch.Tensor) -> Classified:
         return classify(self.classifier, images, self.batch_size)
 
-    def evaluate(self, images: torch.Tensor) -> dict[str, float]:
-        """Every metric (:data:`QUALITY_METRICS`) of ``images`` against all real images of the split."""
-        return compare(self.real, self.classify(images), self.k, self.kid_subsets, self.seed)
+    def evaluate(self, images: torch.Tensor, labels: torch.Tensor | None = None) -> dict[str, float]:
+        """Every metric (:data:`QUALITY_METRICS`) of ``images`` against all real images of the split; with
+        ``labels`` (int64 [N], the class each image was asked for) also :data:`CONDITIONAL_METRICS`."""
+        return self.report(images, labels).metrics
 
-    def real_floor(self) -> dict[str, float]:
+    def report(self, images: torch.Tensor, labels: torch.Tensor | None = None) -> Report:
+        """:meth:`evaluate`'s metrics and, with ``labels``, the per-class results behind them."""
+        if labels is not None:  # refused before the classifier pass
+            check_labels(labels, len(images), self.k)
+        return self._report(self.real, self.real_labels, self.classify(images), labels)
+
+    def _report(
+        self, real: Classified, real_labels: torch.Tensor, fake: Classified, fake_labels: torch.Tensor | None
+    ) -> Report:
+        metrics = compare(real, fake, self.k, self.kid_subsets, self.seed)
+        if fake_labels is None:
+            return Report(metrics)
+        classes = per_class(real, real_labels, fake, fake_labels, self.k, self.seed)
+        return Report({**metrics, **summarise_classes(classes)}, classes)
+
+    def real_floor(self, per_class_metrics: bool = False) -> dict[str, float]:
         """The metrics of one half of the real images against the other (a seeded split into disjoint halves).
 
-        What a perfect generator scores with this many samples: the floor of FID/KID, the ceiling of the rest.
+        What a perfect generator scores with this many samples: the floor of FID/KID, the ceiling of the rest. With
+        ``per_class_metrics`` the second half's true labels stand for requested ones (:data:`CONDITIONAL_METRICS`
+        too: its class accuracy is the classifier's accuracy on those images).
         """
         order = torch.randperm(len(self.real), generator=torch.Generator().manual_seed(self.seed))
         half = len(order) // 2
-        first, second = self.real.subset(order[:half]), self.real.subset(order[half : 2 * half])
-        return compare(first, second, self.k, self.kid_subsets, self.seed)
+        first, second = order[:half], order[half : 2 * half]
+        second_labels = self.real_labels[second] if per_class_metrics else None
+        report = self._report(self.real.subset(first), self.real_labels[first], self.real.subset(second), second_labels)
+        return report.metrics

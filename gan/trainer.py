@@ -52,7 +52,7 @@ from gan.models import Discriminator, Generator
 from gan.noise import grid_inputs, step_labels_tensor, step_noise_tensor
 from gan.paths import output_dir_problem
 from gan.preemption import StopRequest
-from gan.samplers import generate, torch_sampler
+from gan.samplers import generate, generation_labels, torch_sampler
 from gan.step import GAN, STEP_METRICS, train_step
 from gan.sync_batchnorm import convert_sync_batchnorm
 from gan.tracking import Progress, Tracker
@@ -466,7 +466,7 @@ def evaluate_samples(evaluator, generator: torch.nn.Module, config: TrainConfig)
     with eval_mode(generator):
         images = generate(torch_sampler(generator), config.latent_dim, config.eval_samples, seed=config.seed,
                           num_classes=config.num_classes)
-    metrics = evaluator.evaluate(images)
+    metrics = evaluator.evaluate(images, generation_labels(config.eval_samples, config.num_classes))
     metrics["seconds"] = time.perf_counter() - start
     return {f"eval/{name}": float(value) for name, value in metrics.items()}
 

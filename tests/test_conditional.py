@@ -306,7 +306,8 @@ def test_a_conditional_run_records_its_classes(conditional_run):
     assert "ema.label_embedding.weight" in state and state["grids"].shape == (2, GRID_COLUMNS * CLASSES, 28, 28)
     with open(conditional_run / METRICS_CSV) as f:
         rows = list(csv.DictReader(f))
-    assert float(rows[-1]["eval/fid"]) > 0  # --eval-every evaluated the conditional generator
+    assert float(rows[-1]["eval/fid"]) > 0  # --eval-every evaluated the conditional generator, per class too
+    assert 0 <= float(rows[-1]["eval/class_accuracy"]) <= 1 and float(rows[-1]["eval/class_fid_worst"]) > 0
 
 
 @pytest.mark.slow

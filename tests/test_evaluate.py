@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import json
+import re
 import sys
 
 import pytest
-from helpers import run_command, save_small_run
+from helpers import CONDITIONAL_RUN_CONFIG, run_command, save_small_run
 
-from gan.artifacts import CONFIG_FILE
+from gan.artifacts import CONFIG_FILE, read_config
+from gan.data import CLASS_CHARACTERS
 from gan.evaluate import FALLBACK_REFERENCE, main, resolve_reference
-from gan.metrics import QUALITY_METRICS, Evaluator
+from gan.export import MODEL_FILE, export_onnx, model_metadata
+from gan.metrics import CONDITIONAL_METRICS, QUALITY_METRICS, Evaluator
 from gan.samplers import generate, open_generator
 
 FAST = ["--n", "1000", "--kid-subsets", "10"]  # 10 KID subsets, not 100: a fast suite
@@ -110,8 +113,8 @@ def test_cli_evaluates_a_run_against_its_own_data_and_writes_json(shared_data, t
     }
     # The same numbers as the library computes in this process.
     evaluator = Evaluator(shared_data, "test", "cpu", kid_subsets=10)
-    sampler, latent_dim, _ = open_generator(run_dir)
-    expected = evaluator.evaluate(generate(sampler, latent_dim, 1000, seed=0))
+    opened = open_generator(run_dir)
+    expected = evaluator.evaluate(generate(opened.sampler, opened.latent_dim, 1000, seed=0))
     assert set(payload["metrics"]) == set(QUALITY_METRICS)
     assert payload["metrics"] == pytest.approx(expected, rel=1e-4, abs=1e-6)
     assert payload["real_floor"]["metrics"] == pytest.approx(evaluator.real_floor(), rel=1e-4, abs=1e-6)
@@ -126,3 +129,63 @@ def test_an_explicit_split_overrides_the_run_config(shared_data, tmp_path, capsy
     reference = json.loads(out.read_text())["reference"]
     assert (reference["data_dir"], reference["split"], reference["images"]) == (str(shared_data), "test", 10_000)
     assert reference["chosen_by"] == {"data_dir": str(tmp_path / CONFIG_FILE), "split": "--split"}
+
+
+# --- a class-conditional generator: found from the run's config.json or the ONNX model, measured per class -------
+
+
+@pytest.fixture(scope="module")
+def conditional_run(tmp_path_factory, shared_data):
+    """A run folder of a small 10-class generator (trained, says its config.json, on the shared test split) and,
+    in it, the same generator exported to ONNX."""
+    run_dir = tmp_path_factory.mktemp("conditional-run")
+    generator = save_small_run(run_dir, **{**CONDITIONAL_RUN_CONFIG, "data_dir": str(shared_data)})
+    export_onnx(generator, run_dir / MODEL_FILE, model_metadata(read_config(run_dir), "fp32"))
+    return run_dir, run_dir / MODEL_FILE
+
+
+def test_cli_reports_the_per_class_metrics_of_a_conditional_run(conditional_run, tmp_path, capsys):
+    run_dir, _ = conditional_run
+    out = tmp_path / "eval.json"
+    assert main([str(run_dir), "--n", "500", "--kid-subsets", "2", "--json", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "conditional on 10 classes" in printed
+    for name in CONDITIONAL_METRICS:
+        assert name in printed
+    for label, character in enumerate(CLASS_CHARACTERS):  # one row per class: "3 つ       50  0.1200 ..."
+        assert re.search(rf"^{label} {character} +50 ", printed, re.MULTILINE)
+    payload = json.loads(out.read_text())
+    assert payload["num_classes"] == 10 and payload["kind"] == "pytorch"
+    assert set(payload["metrics"]) == {*QUALITY_METRICS, *CONDITIONAL_METRICS}
+    assert set(payload["real_floor"]["metrics"]) == {*QUALITY_METRICS, *CONDITIONAL_METRICS}
+    assert payload["real_floor"]["metrics"]["class_accuracy"] > 0.97
+    classes = payload["classes"]
+    assert [(c["label"], c["character"], c["samples"]) for c in classes] == [
+        (label, character, 50) for label, character in enumerate(CLASS_CHARACTERS)
+    ]
+    accuracy = sum(c["accuracy"] for c in classes) / 10  # 50 samples of each class
+    assert payload["metrics"]["class_accuracy"] == pytest.approx(accuracy)
+    worst = max(classes, key=lambda c: c["fid"])
+    assert payload["metrics"]["class_fid_worst_class"] == worst["label"]
+    assert f"{worst['label']} {worst['character']}" in printed.split("class_fid_worst_class", 1)[1].splitlines()[0]
+
+
+@pytest.mark.slow  # two whole evaluations: ~20 s on 2 CPU cores
+def test_a_conditional_onnx_model_scores_as_its_run_folder(conditional_run, tmp_path):
+    payloads = {}
+    for source in conditional_run:
+        out = tmp_path / f"{source.name}.json"
+        assert main([str(source), "--n", "500", "--kid-subsets", "2", "--json", str(out)]) == 0
+        payloads[source.suffix] = json.loads(out.read_text())
+    onnx, pytorch = payloads[".onnx"], payloads[""]
+    assert onnx["kind"] == "onnx" and onnx["num_classes"] == 10
+    assert onnx["metrics"] == pytest.approx(pytorch["metrics"], rel=1e-3, abs=1e-4)
+    assert [c["fid"] for c in onnx["classes"]] == pytest.approx([c["fid"] for c in pytorch["classes"]], rel=1e-3)
+
+
+def test_too_few_samples_for_every_class_is_refused_before_loading_the_reference(conditional_run, capsys):
+    run_dir, _ = conditional_run
+    with pytest.raises(SystemExit) as exited:
+        main([str(run_dir), "--n", "39", "--data-dir", "/nonexistent"])  # the data would fail later
+    assert exited.value.code == 2
+    assert "--n must be at least 40 for a generator conditional on 10 classes" in capsys.readouterr().err

@@ -21,7 +21,8 @@ LOG_EVERY = 5
 STEPS = 15
 
 
-@pytest.fixture(scope="module", params=[0, 10], ids=["unconditional", "conditional"])
+@pytest.fixture(scope="module", params=[0, pytest.param(10, marks=pytest.mark.slow)],
+                ids=["unconditional", "conditional"])
 def reads_per_step(request, tmp_path_factory):
     """Train STEPS steps in this process (the chapter's model, and a class-conditional one: its real and fake labels
     must not be read either); return {step: [(read, where), ...]} for reads made from the start of a step's

@@ -9,7 +9,21 @@ import torch
 
 from gan.classifier import EvaluationError, KMNISTClassifier
 from gan.data import load_kmnist, to_signed_unit
-from gan.metrics import QUALITY_METRICS, Evaluator, class_metrics, classify, compare, precision_recall
+from gan.metrics import (
+    CONDITIONAL_METRICS,
+    QUALITY_METRICS,
+    Classified,
+    Evaluator,
+    Report,
+    check_labels,
+    class_metrics,
+    classify,
+    compare,
+    per_class,
+    precision_recall,
+    summarise_classes,
+)
+from gan.samplers import generate, generation_labels
 
 
 @pytest.fixture(scope="module")
@@ -19,7 +33,7 @@ def evaluator(shared_data) -> Evaluator:
 
 @pytest.fixture(scope="module")
 def floor(evaluator) -> dict[str, float]:
-    return evaluator.real_floor()
+    return evaluator.real_floor(per_class_metrics=True)  # QUALITY_METRICS and CONDITIONAL_METRICS
 
 
 @pytest.fixture(scope="module")
@@ -111,3 +125,109 @@ def test_bad_images_are_refused_with_a_reason():
         classify(classifier, torch.zeros(1, 1, 28, 28))
     with pytest.raises(EvaluationError, match="NaN"):
         classify(classifier, torch.full((10, 1, 28, 28), float("nan")))
+
+
+# --- a class-conditional generator: each class's samples against the real images of that class ----------------
+
+
+@pytest.fixture(scope="module")
+def real_labels(shared_data) -> torch.Tensor:
+    return load_kmnist(shared_data, "test", download=False).labels
+
+
+def real_image_sampler(real_images: torch.Tensor, real_labels: torch.Tensor, follow_labels: bool):
+    """A stand-in conditional generator that returns real test images picked by its noise: of the requested class
+    (``follow_labels``, a perfect generator), or of any class (one that ignores the label)."""
+    pools = [(real_labels == label).nonzero()[:, 0] for label in range(10)]
+
+    def sample(z: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        pick = (z[:, 0].abs() * 1e6).long()  # a different real image for each noise vector
+        if not follow_labels:
+            return real_images[pick % len(real_images)]
+        index = [pools[label][i % len(pools[label])] for label, i in zip(labels.tolist(), pick.tolist(), strict=True)]
+        return real_images[torch.stack(index)]
+
+    return sample
+
+
+@pytest.fixture(scope="module")
+def perfect_samples(real_images, real_labels) -> tuple[torch.Tensor, torch.Tensor]:
+    """2,000 images and their labels from a perfect conditional generator, through gan.samplers.generate."""
+    sampler = real_image_sampler(real_images, real_labels, follow_labels=True)
+    return generate(sampler, 8, 2000, seed=0, num_classes=10), generation_labels(2000, 10)
+
+
+@pytest.fixture(scope="module")
+def perfect_report(evaluator, perfect_samples) -> Report:
+    return evaluator.report(*perfect_samples)
+
+
+def test_a_perfect_conditional_generator_scores_like_real_images_of_each_class(perfect_report):
+    report = perfect_report
+    metrics = report.metrics
+    assert set(metrics) == {*QUALITY_METRICS, *CONDITIONAL_METRICS}
+    # The classifier's accuracy on real test images (about 0.99: it trained on 90% of them).
+    assert metrics["class_accuracy"] > 0.97
+    assert [c.label for c in report.classes] == list(range(10)) and {c.samples for c in report.classes} == {200}
+    assert {c.real_images for c in report.classes} == {1000}
+    assert metrics["class_fid_worst"] == max(c.fid for c in report.classes)
+    assert metrics["class_fid_worst_class"] == report.classes[int(metrics["class_fid_worst_class"])].label
+    assert metrics["class_fid_mean"] == pytest.approx(sum(c.fid for c in report.classes) / 10)
+    assert metrics["class_fid_worst"] < 15  # 200 samples of 64-d features: a bias of a few units above 0
+    assert metrics["class_precision_mean"] > 0.7 and metrics["class_recall_mean"] > 0.5
+
+
+def test_without_labels_the_metrics_are_todays(evaluator, perfect_samples, perfect_report):
+    images, _ = perfect_samples
+    assert evaluator.evaluate(images) == {name: perfect_report.metrics[name] for name in QUALITY_METRICS}
+
+
+def test_a_generator_that_ignores_the_label_is_found_out_only_per_class(
+    evaluator, real_images, real_labels, perfect_report
+):
+    sampler = real_image_sampler(real_images, real_labels, follow_labels=False)
+    ignoring = evaluator.evaluate(generate(sampler, 8, 2000, num_classes=10), generation_labels(2000, 10))
+    perfect = perfect_report.metrics
+    assert 0.05 < ignoring["class_accuracy"] < 0.15  # the requested class by chance: 1 in 10
+    assert ignoring["class_fid_mean"] > 20 * perfect["class_fid_mean"]
+    assert ignoring["class_precision_mean"] < 0.5 * perfect["class_precision_mean"]
+    # Both sets are real images of every class: the class-blind metrics cannot tell them apart.
+    assert ignoring["fid"] < 3 and perfect["fid"] < 3
+    assert ignoring["class_coverage"] > 0.99 and perfect["class_coverage"] > 0.99
+
+
+def test_the_real_floor_with_classes(floor):
+    assert set(floor) == {*QUALITY_METRICS, *CONDITIONAL_METRICS}
+    assert floor["class_accuracy"] > 0.97  # the classifier's accuracy on the second half's real images
+    assert floor["class_fid_mean"] < floor["class_fid_worst"] < 15
+
+
+def test_per_class_results_of_hand_made_features():
+    # Two classes whose features are points near two centres; the fakes of class 1 sit on class 0's points.
+    generator = torch.Generator().manual_seed(0)
+    centres = torch.tensor([[0.0] * 4, [10.0] * 4])
+    real_labels = torch.arange(400) % 2
+    real = torch.randn(400, 4, generator=generator) + centres[real_labels]
+    fake_labels = torch.arange(200) % 2
+    fake = torch.randn(200, 4, generator=generator) + centres[torch.zeros(200, dtype=torch.long)]
+    predicted = torch.zeros(200, dtype=torch.long)  # every fake is classified as class 0
+    real_set, fake_set = Classified(real, torch.eye(10)[real_labels]), Classified(fake, torch.eye(10)[predicted])
+    classes = per_class(real_set, real_labels, fake_set, fake_labels)
+    counts = [(c.label, c.samples, c.real_images, c.accuracy) for c in classes]
+    assert counts == [(0, 100, 200, 1.0), (1, 100, 200, 0.0)]
+    assert classes[0].fid < 1 < 100 < classes[1].fid  # class 1's samples are 10 units per axis from its reals
+    assert classes[1].precision == 0.0 and classes[1].recall == 0.0
+    summary = summarise_classes(classes)
+    assert summary["class_accuracy"] == 0.5 and summary["class_fid_worst_class"] == 1.0
+    assert summary["class_fid_worst"] == classes[1].fid
+
+
+def test_bad_labels_are_refused_with_a_reason():
+    for labels, reason in (
+        (torch.zeros(10), "int64 labels"),
+        (torch.zeros(9, dtype=torch.long), r"shape \[9\]"),
+        (torch.full((10,), 10), "e.g. 10"),
+        (torch.tensor([0] * 8 + [1] * 2), r"class 1 \(き\) has 2 samples.*at least 8 samples"),
+    ):
+        with pytest.raises(EvaluationError, match=reason):
+            check_labels(labels, 10, k=3)
