@@ -18,8 +18,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import ROOT, free_port, run_command, run_processes, train_command
-from safetensors.torch import load_file
+from helpers import ROOT, free_port, max_weight_difference, run_command, run_processes, train_command
 
 from gan.artifacts import CONFIG_FILE, GENERATOR_FILE
 from gan.checkpointing import CHECKPOINTS
@@ -39,12 +38,6 @@ def _gpu_launch(*flags, processes: int = 2) -> list[str]:
     config = str(ROOT / "launch" / "multi_gpu.yaml")
     return [sys.executable, "-m", "accelerate.commands.launch", "--config_file", config,
             "--num_processes", str(processes), "--main_process_port", str(free_port()), "train_ddp.py", *flags]
-
-
-def _max_difference(a: Path, b: Path) -> float:
-    left, right = load_file(str(a)), load_file(str(b))
-    assert left.keys() == right.keys()
-    return max((left[k].double() - right[k].double()).abs().max().item() for k in left)
 
 
 def _config(run_dir: Path) -> dict:
@@ -165,7 +158,7 @@ def test_gpu_one_and_two_ranks_on_one_gpu_train_the_same_model(shared_data, tmp_
     run_command(train_command(*_flags(shared_data, tmp_path, "one", *flags)), timeout=600)
     run_command(_gpu_launch(*_flags(shared_data, tmp_path, "two", *flags)), timeout=600)
     assert _config(tmp_path / "two")["world_size"] == 2 and _config(tmp_path / "two")["sync_bn"] is True
-    assert _max_difference(tmp_path / "one" / GENERATOR_FILE, tmp_path / "two" / GENERATOR_FILE) <= 1e-4
+    assert max_weight_difference(tmp_path / "one" / GENERATOR_FILE, tmp_path / "two" / GENERATOR_FILE) <= 1e-4
 
 
 def test_gpu_a_two_rank_checkpoint_resumes_on_one_rank(shared_data, tmp_path):
@@ -204,7 +197,7 @@ def test_gpu_sigterm_to_a_two_rank_launch_checkpoints_and_resumes(shared_data, t
 def test_gpu_deterministic_runs_are_identical(shared_data, tmp_path):
     for name in ("a", "b"):
         run_command(train_command(*_flags(shared_data, tmp_path, name, "--max-steps", "50", "--deterministic")))
-    assert _max_difference(tmp_path / "a" / GENERATOR_FILE, tmp_path / "b" / GENERATOR_FILE) == 0
+    assert max_weight_difference(tmp_path / "a" / GENERATOR_FILE, tmp_path / "b" / GENERATOR_FILE) == 0
 
 
 def test_gpu_run_exports_and_evaluates_with_cuda_hidden(shared_data, tmp_path):

@@ -23,13 +23,11 @@ from pathlib import Path
 
 import psutil
 import pytest
-import torch
 import yaml
 from accelerate.commands.config.config_args import ClusterConfig, load_config_from_file
 from accelerate.commands.launch import launch_command_parser
 from accelerate.utils import DistributedType
-from helpers import ROOT, free_port, run_command, train_command
-from safetensors.torch import load_file
+from helpers import ROOT, assert_same_weights, free_port, run_command, train_command
 
 from gan.artifacts import CONFIG_FILE, GENERATOR_FILE
 from gan.checkpointing import CHECKPOINTS
@@ -47,13 +45,6 @@ def _flags(data_dir: Path, *extra: str) -> list[str]:
     return ["--data-dir", str(data_dir), "--split", "test", "--no-download", "--max-steps", str(STEPS),
             "--checkpoint-every", str(CHECKPOINT_EVERY), "--report-to", "none", "--log-every", "1",
             "--eval-every", "0", *extra]
-
-
-def _assert_same_weights(a: Path, b: Path) -> None:
-    left, right = load_file(str(a)), load_file(str(b))
-    assert left.keys() == right.keys()
-    for key in left:
-        assert torch.equal(left[key], right[key]), f"{key} differs between {a} and {b}"
 
 
 @pytest.fixture(scope="module")
@@ -223,7 +214,7 @@ def test_torchrun_restarts_a_killed_worker_and_ends_with_the_uninterrupted_gener
         assert launcher.wait(timeout=300) == 0, log.read_text()[-4000:]
     output = log.read_text()
     assert re.search(r"resumed from .*step_\d+ at step \d+", output), output[-4000:]
-    _assert_same_weights(reference / GENERATOR_FILE, run_dir / GENERATOR_FILE)
+    assert_same_weights(reference / GENERATOR_FILE, run_dir / GENERATOR_FILE)
     config = json.loads((run_dir / CONFIG_FILE).read_text())
     assert config["world_size"] == 2 and config["final_step"] == STEPS
 
@@ -445,7 +436,7 @@ def test_sbatch_time_limit_checkpoints_requeues_and_the_requeued_job_finishes_th
                                                                                       "SLURM_RESTART_COUNT": "1"})
     assert "restart 1" in result.stdout and re.search(r"resumed from .*step_\d+", result.stdout)
     assert calls.read_text().count("requeue") == 1
-    _assert_same_weights(reference / GENERATOR_FILE, run_dir / GENERATOR_FILE)
+    assert_same_weights(reference / GENERATOR_FILE, run_dir / GENERATOR_FILE)
     assert json.loads((run_dir / CONFIG_FILE).read_text())["world_size"] == 2
 
 

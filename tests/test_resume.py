@@ -13,8 +13,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import run_command, train_command
-from safetensors.torch import load_file
+from helpers import FileCreatingPayload, assert_same_weights, run_command, train_command
 
 from gan.artifacts import CONFIG_FILE, GENERATOR_FILE
 from gan.checkpointing import CHECKPOINTS, STATE_JSON, CheckpointError, TrainerState, checkpoint_dirs, save_checkpoint
@@ -41,11 +40,6 @@ def _digest(path: Path) -> str:
 
 def _tree_digest(run_dir: Path) -> dict[str, str]:
     return {str(p.relative_to(run_dir)): _digest(p) for p in sorted(run_dir.rglob("*")) if p.is_file()}
-
-
-def _same_weights(a: Path, b: Path) -> bool:
-    left, right = load_file(str(a)), load_file(str(b))
-    return left.keys() == right.keys() and all(torch.equal(left[k], right[k]) for k in left)
 
 
 @pytest.fixture(scope="module")
@@ -83,7 +77,7 @@ def test_latest_picks_the_interrupted_run_and_keeps_its_settings(finished, share
     config = json.loads((killed / CONFIG_FILE).read_text())
     assert config["final_step"] == STEPS and config["lr_generator"] == config["lr_discriminator"] == float(LR)
     assert [launch["from_step"] for launch in config["launches"]] == [0, 20]
-    assert _same_weights(finished / GENERATOR_FILE, killed / GENERATOR_FILE)  # the run's rates were used
+    assert_same_weights(finished / GENERATOR_FILE, killed / GENERATOR_FILE)  # the run's rates were used
 
 
 @pytest.mark.slow
@@ -107,7 +101,7 @@ def test_resume_path_with_another_run_name_forks(finished, shared_data, tmp_path
     fork = tmp_path / "fork"
     config = json.loads((fork / CONFIG_FILE).read_text())
     assert config["forked_from"] == {"run": str(source), "step": 20} and config["final_step"] == STEPS
-    assert _same_weights(finished / GENERATOR_FILE, fork / GENERATOR_FILE)
+    assert_same_weights(finished / GENERATOR_FILE, fork / GENERATOR_FILE)
     # forking again into the same name would overwrite the fork: refused
     again = _resume(shared_data, tmp_path, "--resume", str(source / CHECKPOINTS / "step_20"), "--run-name", "fork",
                     check=False)
@@ -171,22 +165,12 @@ def test_stale_partial_checkpoints_are_removed(finished, shared_data, tmp_path):
     assert not stale.exists() and "half-written" in result.stdout
 
 
-class _Payload:
-    """Unpickling this would create a file: proof that the loader ran foreign code."""
-
-    def __init__(self, marker: str):
-        self.marker = marker
-
-    def __reduce__(self):
-        return (Path(self.marker).touch, ())
-
-
 @pytest.mark.slow
 def test_pickled_payload_in_the_random_states_is_refused(finished, shared_data, tmp_path):
     run_dir = _interrupted_copy(finished, tmp_path / "killed")
     marker = tmp_path / "pwned"
     with open(run_dir / CHECKPOINTS / "step_20" / "random_states_0.pkl", "wb") as f:
-        pickle.dump({"random_state": _Payload(str(marker))}, f)
+        pickle.dump({"random_state": FileCreatingPayload(str(marker))}, f)
     result = _resume(shared_data, tmp_path, "--resume", "latest", "--run-name", "killed", check=False)
     assert result.returncode == 1 and "refused" in result.stderr and "random_states_0.pkl" in result.stderr
     assert not marker.exists()

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from helpers import ROOT, run_command, train_command
+from helpers import ROOT, FileCreatingPayload, assert_same_weights, run_command, train_command
 from PIL import Image
 from safetensors.torch import load_file
 from wandb_reader import config_values, history_rows, read_records
@@ -43,13 +43,6 @@ def _flags(data_dir, output_dir, run_name, *extra):
 
 def _weights(path: Path) -> dict[str, torch.Tensor]:
     return load_file(str(path))
-
-
-def _assert_same_weights(a: Path, b: Path) -> None:
-    left, right = _weights(a), _weights(b)
-    assert left.keys() == right.keys()
-    for key in left:
-        assert torch.equal(left[key], right[key]), f"{key} differs between {a} and {b}"
 
 
 @pytest.fixture(scope="module")
@@ -135,7 +128,7 @@ def test_pictures_metrics_and_config(finished_run):
 @pytest.mark.slow
 def test_same_seed_same_generator(finished_run, shared_data, tmp_path):
     run_command(train_command(*_flags(shared_data, tmp_path, "again", "--report-to", "none")))
-    _assert_same_weights(finished_run[0] / GENERATOR_FILE, tmp_path / "again" / GENERATOR_FILE)
+    assert_same_weights(finished_run[0] / GENERATOR_FILE, tmp_path / "again" / GENERATOR_FILE)
 
 
 @pytest.mark.slow
@@ -148,7 +141,7 @@ def test_sigkill_then_resume_is_exact(finished_run, shared_data, tmp_path):
     result = run_command(train_command(*_flags(shared_data, tmp_path, "killed", "--report-to", "none",
                                                "--resume", "latest")))
     assert "resumed from" in result.stdout
-    _assert_same_weights(finished_run[0] / GENERATOR_FILE, tmp_path / "killed" / GENERATOR_FILE)
+    assert_same_weights(finished_run[0] / GENERATOR_FILE, tmp_path / "killed" / GENERATOR_FILE)
     with open(tmp_path / "killed" / METRICS_CSV) as f:
         assert [int(row["step"]) for row in csv.DictReader(f)] == list(range(1, STEPS + 1))
 
@@ -169,17 +162,7 @@ def test_sigterm_checkpoints_and_exits_promptly(finished_run, shared_data, tmp_p
     assert not (tmp_path / "preempted" / GENERATOR_FILE).exists()
     run_command(train_command(*_flags(shared_data, tmp_path, "preempted", "--report-to", "none",
                                       "--resume", "latest")))
-    _assert_same_weights(finished_run[0] / GENERATOR_FILE, tmp_path / "preempted" / GENERATOR_FILE)
-
-
-class _Payload:
-    """Unpickling this would create a file: proof that the loader ran foreign code."""
-
-    def __init__(self, marker: str):
-        self.marker = marker
-
-    def __reduce__(self):
-        return (Path(self.marker).touch, ())
+    assert_same_weights(finished_run[0] / GENERATOR_FILE, tmp_path / "preempted" / GENERATOR_FILE)
 
 
 @pytest.mark.slow
@@ -188,7 +171,7 @@ def test_pickled_payload_is_refused(finished_run, shared_data, tmp_path):
     shutil.copytree(finished_run[0], run_dir)
     marker = tmp_path / "pwned"
     with open(run_dir / CHECKPOINTS / "step_30" / "optimizer.bin", "wb") as f:
-        pickle.dump({"state": _Payload(str(marker))}, f)
+        pickle.dump({"state": FileCreatingPayload(str(marker))}, f)
     result = run_command(train_command(*_flags(shared_data, tmp_path, "reference", "--report-to", "none",
                                                "--resume", str(run_dir / CHECKPOINTS / "step_30"))), check=False)
     assert result.returncode == 1
@@ -207,7 +190,7 @@ def test_damaged_latest_checkpoint_falls_back_to_previous(finished_run, shared_d
                                                "--resume", "latest")))
     assert "step_30 is damaged" in result.stderr
     assert "resumed from" in result.stdout and "step_20" in result.stdout
-    _assert_same_weights(finished_run[0] / GENERATOR_FILE, run_dir / GENERATOR_FILE)
+    assert_same_weights(finished_run[0] / GENERATOR_FILE, run_dir / GENERATOR_FILE)
 
 
 @pytest.mark.slow
