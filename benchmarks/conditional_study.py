@@ -26,11 +26,9 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
-import platform
 import shlex
 import shutil
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -40,7 +38,10 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from gan.artifacts import CONFIG_FILE, GENERATOR_FILE, versions  # noqa: E402
+from bench_train import cpu_line  # noqa: E402
+from study_runs import Log, elapsed_log, is_finished, train  # noqa: E402
+
+from gan.artifacts import CONFIG_FILE, versions  # noqa: E402
 from gan.data import CLASS_CHARACTERS  # noqa: E402
 from gan.metrics import CONFIDENCE_THRESHOLD, Evaluator  # noqa: E402
 from gan.samplers import open_generator  # noqa: E402
@@ -94,29 +95,17 @@ def code_digest() -> str:
     return digest.hexdigest()[:12]
 
 
-def ensure_trained(variant: str, seed: int, args: argparse.Namespace, log) -> float | None:
+def ensure_trained(variant: str, seed: int, args: argparse.Namespace, log: Log) -> float | None:
     """Train (variant, seed) unless its run folder is complete; the training seconds (None: reused). The code's
     digest at the start of training goes to RUN_DIR.code beside the run folder."""
     run_dir = args.work_dir / f"{variant}-s{seed}"
-    if (run_dir / GENERATOR_FILE).is_file() and (run_dir / CONFIG_FILE).is_file() and not args.retrain:
+    if is_finished(run_dir) and not args.retrain:
         log(f"reusing {run_dir}")
         return None
     shutil.rmtree(run_dir, ignore_errors=True)
-    command = train_command(variant, seed, args)
-    log("$ " + shlex.join(command))
-    log_path = args.work_dir / f"{variant}-s{seed}.log"
     run_dir.with_suffix(".code").write_text(code_digest() + "\n")
-    start = time.perf_counter()
-    with open(log_path, "w") as out:
-        done = subprocess.run(command, stdout=out, stderr=subprocess.STDOUT, cwd=ROOT)
-    seconds = time.perf_counter() - start
-    if done.returncode != 0:
-        tail = "\n".join(log_path.read_text().splitlines()[-15:])
-        raise SystemExit(
-            f"training {variant} seed {seed} failed (exit {done.returncode}); last lines of {log_path}:\n{tail}"
-        )
-    log(f"trained {variant} seed {seed} in {seconds:.0f} s")
-    return seconds
+    return train(train_command(variant, seed, args), args.work_dir / f"{variant}-s{seed}.log",
+                 f"{variant} seed {seed}", log)
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -152,20 +141,6 @@ def evaluate_run(evaluator: Evaluator, run_dir: Path, args: argparse.Namespace) 
 # ------------------------------------------------------------------------------------------------------------
 # Report
 # ------------------------------------------------------------------------------------------------------------
-
-
-def cpu_description() -> str:
-    """The CPU model, core count and the bf16/AMX flags that decide how fast bf16 trains (`lscpu` on Linux)."""
-    try:
-        text = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
-    except (OSError, subprocess.CalledProcessError):
-        return f"{platform.processor() or platform.machine()} (lscpu unavailable)"
-    fields = dict(line.split(":", 1) for line in text.splitlines() if ":" in line)
-    fields = {key.strip(): value.strip() for key, value in fields.items()}
-    flags = set(fields.get("Flags", "").split())
-    shown = [flag for flag in ("avx512_bf16", "amx_bf16", "amx_tile") if flag in flags]
-    return (f"{fields.get('Model name', 'unknown CPU')}, {fields.get('CPU(s)', '?')} CPUs; flags: "
-            f"{', '.join(shown) if shown else 'no avx512_bf16/amx'}")  # fmt: skip
 
 
 def _mean_sd(values: list[float]) -> str:
@@ -270,7 +245,7 @@ def main() -> None:
     args.work_dir = args.work_dir.resolve()
     args.work_dir.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
-    log = lambda message: print(f"[{time.perf_counter() - started:6.0f} s] {message}", file=sys.stderr, flush=True)  # noqa: E731
+    log = elapsed_log()
     variants = list(dict.fromkeys(args.variants))
 
     evaluator = Evaluator(args.data_dir, "test", "cpu", seed=args.eval_seed)
@@ -287,7 +262,7 @@ def main() -> None:
                 f"(evaluated in {result['eval_seconds']:.0f} s)")  # fmt: skip
 
     total = time.perf_counter() - started
-    cpu = cpu_description()
+    cpu = cpu_line()
     precisions = sorted({str(r["mixed_precision"]) for r in results.values()})
     print(f"$ python {shlex.join(sys.argv)}")
     print(

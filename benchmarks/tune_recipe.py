@@ -46,8 +46,8 @@ from __future__ import annotations
 import argparse
 import json
 import shlex
+import shutil
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -56,11 +56,19 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(Path(__file__).resolve().parent))  # literal_port.py
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # literal_port.py, study_runs.py
 
-from gan.artifacts import CONFIG_FILE, GENERATOR_FILE, load_generator, save_generator, versions  # noqa: E402
+from study_runs import elapsed_log, is_finished, train  # noqa: E402
 
-TRAINED_GENERATOR_FILE = "generator_trained.safetensors"
+from gan.artifacts import (  # noqa: E402
+    CONFIG_FILE,
+    GENERATOR_FILE,
+    TRAINED_GENERATOR_FILE,
+    load_generator,
+    save_generator,
+    versions,
+)
+
 EPOCHS, BATCH_SIZE = 5, 128  # the chapter's budget
 
 # variant -> (how it is made, train_ddp.py flags or None, description)
@@ -166,7 +174,7 @@ def ensure_trained(variant: str, seed: int, args: argparse.Namespace, log) -> fl
     if VARIANTS[variant][0] == "reuse":
         variant = "defaults"
     run_dir, _ = run_dir_of(variant, seed, args.work_dir)
-    if (run_dir / GENERATOR_FILE).is_file() and (run_dir / CONFIG_FILE).is_file() and not args.retrain:
+    if is_finished(run_dir) and not args.retrain:
         if VARIANTS[variant][0] == "project":
             saved = json.loads((run_dir / CONFIG_FILE).read_text())
             if saved.get("mixed_precision") not in (None, _precision_of(variant, args)):
@@ -174,23 +182,9 @@ def ensure_trained(variant: str, seed: int, args: argparse.Namespace, log) -> fl
                                  f"not {_precision_of(variant, args)}: pass --retrain or another --work-dir")
         log(f"reusing {run_dir}")
         return None
-    if run_dir.exists():
-        import shutil
-
-        shutil.rmtree(run_dir)
+    shutil.rmtree(run_dir, ignore_errors=True)
     command = train_command(variant, seed, args.work_dir, args.data_dir, args.mixed_precision)
-    log("$ " + shlex.join(command))
-    log_path = args.work_dir / f"{variant}-s{seed}.log"
-    start = time.perf_counter()
-    with open(log_path, "w") as out:
-        done = subprocess.run(command, stdout=out, stderr=subprocess.STDOUT, cwd=ROOT)
-    seconds = time.perf_counter() - start
-    if done.returncode != 0:
-        tail = log_path.read_text().splitlines()[-15:]
-        raise SystemExit(f"training {variant} seed {seed} failed (exit {done.returncode}); "
-                         f"last lines of {log_path}:\n" + "\n".join(tail))
-    log(f"trained {variant} seed {seed} in {seconds:.0f} s")
-    return seconds
+    return train(command, args.work_dir / f"{variant}-s{seed}.log", f"{variant} seed {seed}", log)
 
 
 def _precision_of(variant: str, args: argparse.Namespace) -> str:
@@ -362,7 +356,7 @@ def main() -> None:
         return
 
     started = time.perf_counter()
-    log = lambda message: print(f"[{time.perf_counter() - started:6.0f} s] {message}", file=sys.stderr, flush=True)  # noqa: E731
+    log = elapsed_log()
     variants = list(dict.fromkeys(args.variants))
     if "trained-weights" in variants and "defaults" not in variants:
         log("trained-weights reuses the defaults runs: training those too")
