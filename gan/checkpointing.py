@@ -238,6 +238,7 @@ class ResumePlan:
     source: Path  # a run folder (its newest readable checkpoint) or one checkpoint folder
     run_dir: Path  # the run folder this launch trains into: the source's run, or a new one (a fork)
     reason: str = ""  # why this run, when --resume latest chose among several
+    settings: dict[str, Any] = field(default_factory=dict)  # the resumed run's config.json, as its checkpoint has it
 
     @property
     def source_run(self) -> Path:
@@ -285,9 +286,8 @@ def find_resume(config: TrainConfig) -> ResumePlan | None:
     """The checkpoint ``--resume`` names and the run it continues (None: start fresh); SetupError if unusable."""
     if config.resume is None:
         return None
-    if config.resume in ("latest", "auto"):
-        return _latest(config)
-    return _from_path(config, Path(config.resume))
+    plan = _latest(config) if config.resume in ("latest", "auto") else _from_path(config, Path(config.resume))
+    return None if plan is None else dataclasses.replace(plan, settings=_saved_settings(plan))
 
 
 def _latest(config: TrainConfig) -> ResumePlan | None:
@@ -354,7 +354,7 @@ def resumed_config(config: TrainConfig, plan: ResumePlan) -> TrainConfig:
 
     SetupError (exit 2) when this launch sets a defining flag to another value than the run's.
     """
-    saved = _saved_settings(plan)
+    saved = plan.settings
     given = set(config.given)
     if "lr" in given:  # --lr sets both rates unless a per-network flag overrides it
         given |= {"lr_generator", "lr_discriminator"}

@@ -18,7 +18,7 @@ from accelerate import Accelerator
 from accelerate.utils import broadcast_object_list
 
 from gan import pictures
-from gan.artifacts import CONFIG_FILE, GENERATOR_FILE, ArtifactError, read_config, save_final_generators, versions
+from gan.artifacts import CONFIG_FILE, GENERATOR_FILE, save_final_generators, versions
 from gan.atomic_write import write_json
 from gan.checkpointing import (
     ResumePlan,
@@ -283,7 +283,7 @@ def run_metadata(config: TrainConfig, accelerator: Accelerator, run_dir: Path, e
                  step: int) -> dict[str, Any]:
     """What config.json records: every (resolved) setting, the processes and devices of each launch, where a
     fork came from, the library versions."""
-    earlier = read_config_or_empty(plan.source_run) if plan is not None else {}
+    earlier = plan.settings if plan is not None else {}  # the run's record of its earlier launches
     launch = {"from_step": step, "world_size": accelerator.num_processes, "device": accelerator.device.type,
               "started": datetime.now().isoformat(timespec="seconds")}
     metadata = {
@@ -304,13 +304,6 @@ def run_metadata(config: TrainConfig, accelerator: Accelerator, run_dir: Path, e
     elif "forked_from" in earlier:
         metadata["forked_from"] = earlier["forked_from"]
     return metadata
-
-
-def read_config_or_empty(run_dir: Path) -> dict[str, Any]:
-    try:
-        return read_config(run_dir)
-    except ArtifactError:
-        return {}
 
 
 def resume_state(accelerator: Accelerator, plan: ResumePlan, ema: GeneratorEMA | None
