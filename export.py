@@ -2,7 +2,8 @@
 
 The logic lives in ``gan/export.py``; this file only parses, builds and runs. Exit status 2 for invalid flags
 or paths (all listed at once), 1 (and a message naming the file and what to do) when a run file is missing,
-corrupt or holds NaN/inf weights, a verification check fails or a file cannot be written.
+corrupt or holds NaN/inf weights, a verification check fails, a file cannot be written or (with --push-to-hub) the
+upload fails after the local files were written.
 """
 
 from __future__ import annotations
@@ -11,13 +12,14 @@ import sys
 
 from gan.artifacts import ArtifactError
 from gan.export import ExportError, parse_export_config, run_export
+from gan.hub import HubError
 
 
 def main(argv: list[str] | None = None) -> int:
     config = parse_export_config(argv)
     try:
         run_export(config)
-    except (ArtifactError, ExportError) as error:
+    except (ArtifactError, ExportError, HubError) as error:
         print(f"export.py: error: {error}", file=sys.stderr)
         return 1
     except OSError as error:  # the paths were checked, but a disk can still fill up or go away while writing

@@ -15,7 +15,7 @@ from gan.checkpointing import CheckpointError
 from gan.config import SetupError, parse_config
 from gan.data import DataError
 from gan.preemption import follow_launcher
-from gan.trainer import NonFiniteLossError, PreemptedError, train
+from gan.trainer import NonFiniteLossError, PreemptedError, PublishError, train
 
 # What each expected failure prints (after "train_ddp.py: ") and its exit status; anything else is a bug: traceback.
 FAILURES = (
@@ -23,6 +23,7 @@ FAILURES = (
     (DataError, "data error: ", 1),
     (CheckpointError, "checkpoint error: ", 1),
     (NonFiniteLossError, "error: ", 1),
+    (PublishError, "publish error: ", 1),
 )
 # File-system refusals (full disk, quota, read-only mount, permissions) while writing the run's files.
 WRITE_ERRORS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM)

@@ -48,12 +48,12 @@ _NAME = re.compile(r"^step_(\d+)$")
 LOW_DISK_SPACE = 16 * 2**20  # a write that fails with less free than this failed for want of space
 _PARTIAL = re.compile(r"^\.step_\d+\.partial$")
 # The only settings a resume may change (the command line's value when given there, else the run's): how long to
-# train, how to checkpoint, log, evaluate and track, where the data are, and how this launch lays out its devices.
-# Every other setting defines the run and comes from it.
+# train, how to checkpoint, log, evaluate, track and publish, where the data are, and how this launch lays out its
+# devices. Every other setting defines the run and comes from it.
 RESUME_CHANGEABLE = ("epochs", "max_steps", "checkpoint_every", "keep_checkpoints", "log_every", "eval_every",
                      "eval_samples", "report_to", "wandb_project", "wandb_entity", "wandb_mode", "dist_timeout",
                      "data_dir", "no_download", "cpu", "channels_last", "cpu_kernels", "sync_bn", "deterministic",
-                     "compile", "dist_backend")
+                     "compile", "dist_backend", "push_to_hub", "hub_model_id", "private")
 # Chosen for this launch's devices and processes (gan.devices.resolve_for_device) unless this launch sets them:
 # a 1-process run resumed on 2 processes synchronizes its BatchNorm.
 RESOLVED_PER_LAUNCH = ("channels_last", "cpu_kernels", "sync_bn")
@@ -71,6 +71,7 @@ class TrainerState:
     wandb_run_id: str | None = None
     history: list[dict[str, float]] = field(default_factory=list)
     grid_steps: list[int] = field(default_factory=list)
+    best: dict[str, Any] | None = None  # {"step", "metrics"} of the lowest-FID generator so far (weights: tensors)
     saved_at: float = 0.0  # when the checkpoint holding this state was written (seconds since the epoch)
 
 

@@ -46,6 +46,7 @@ FLAG_GROUPS = {
     "run": "run folder and tracking",
     "checkpoints": "checkpoints and resume",
     "evaluation": "evaluation during training",
+    "publish": "publishing the trained model",
 }
 
 
@@ -218,6 +219,20 @@ class TrainConfig:
             group="run",
         ),
     )
+    push_to_hub: bool = field(
+        default=False,
+        metadata=field_flag("at the end (main process): export the final generator, verify it, write its model card "
+                            "and publish them to the Hugging Face Hub, as export.py --push-to-hub does",
+                            group="publish"),
+    )
+    hub_model_id: str | None = field(
+        default=None,
+        metadata=field_flag("the Hub repository, USER/NAME (default: your user name / the run's name)",
+                            group="publish"),
+    )
+    private: bool = field(
+        default=False, metadata=field_flag("with --push-to-hub: create the Hub repository private", group="publish")
+    )
     ema_decay: float = field(
         default=0.999, metadata=field_flag("EMA decay of the generator's weights (0: no EMA)", group="optimizer")
     )
@@ -293,6 +308,10 @@ class TrainConfig:
                             ("dist_timeout", MAX_DIST_TIMEOUT), ("eval_samples", MAX_EVAL_SAMPLES)):
             if getattr(self, name) > bound:
                 found.append(f"{flag_name(name)} must be at most {bound}, got {getattr(self, name)}")
+        if self.push_to_hub or self.hub_model_id is not None or self.private:
+            from gan.hub import hub_problems  # huggingface_hub and the exporter: only when publishing
+
+            found += hub_problems(self.push_to_hub, self.hub_model_id, self.private, need_token=True)
         if self.num_classes and not 2 <= self.num_classes <= NUM_CLASSES:
             found.append(f"--num-classes must be 0 (unconditional) or 2..{NUM_CLASSES} (KMNIST has {NUM_CLASSES} "
                          f"classes), got {self.num_classes}")

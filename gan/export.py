@@ -28,21 +28,28 @@ import torch
 from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
-from gan.artifacts import CONFIG_FILE, GENERATOR_FILE, load_generator
+from gan.artifacts import (
+    CONFIG_FILE,
+    GENERATOR_FILE,
+    WEIGHTS,
+    generator_path,
+    load_generator,
+    read_generator_metadata,
+)
 from gan.atomic_write import atomic_path, write_json
 from gan.cli import add_dataclass_flags, parse_validated
 from gan.data import CLASS_CHARACTERS, CLASS_NAMES
 from gan.models import IMAGE_SHAPE, Generator
 from gan.noise import latent_noise, sample_labels
-from gan.onnx_generator import BATCH_AXIS, INPUT_NAME, LABELS_NAME, OUTPUT_NAME, open_session
+from gan.onnx_generator import BATCH_AXIS, INPUT_NAME, LABELS_NAME, MODEL_FILE, OUTPUT_NAME, open_session
 from gan.paths import output_file_problem
+from gan.tracking import log_export, model_artifact_name
 
 DATASET = "Kuzushiji-MNIST"
 OUTPUT_RANGE = (-1, 1)
 REPORT_FILE = "export_report.json"
 # A failed verification's report: beside, not over, the report of the files that are still there.
 FAILED_REPORT_FILE = "export_report.failed.json"
-MODEL_FILE = "generator.onnx"
 EXAMPLE_BATCH = 2  # >= 2: an example batch of 1 lets the exporter specialise the batch axis to the constant 1
 VERIFY_BATCHES = (1, 7, 64, 1000)  # a conditional model's labels: sample_labels, so 64 and 1000 hold every class
 VERIFY_SEED = 0
@@ -83,6 +90,24 @@ class ExportConfig:
     runs_dir: str = field(
         default="runs", metadata={"help": "where to look for the newest run when RUN_DIR is omitted (default: runs)"}
     )
+    weights: str = field(
+        default="final",
+        metadata={"help": "which generator to export: the run's final one, or the one with the lowest FID during "
+                          "training (best/, kept with --eval-every) (default: final)", "choices": WEIGHTS},
+    )
+    wandb: bool | None = field(
+        default=None,
+        metadata={"help": "log the exported files as a version of the run's W&B model artifact (default: when the "
+                          "run logged to W&B)", "action": argparse.BooleanOptionalAction},
+    )
+    push_to_hub: bool = field(
+        default=False,
+        metadata={"help": "publish the verified model, its card and files to the Hugging Face Hub (one commit)"},
+    )
+    hub_model_id: str | None = field(
+        default=None, metadata={"help": "the Hub repository, USER/NAME (default: your user name / the run's name)"}
+    )
+    private: bool = field(default=False, metadata={"help": "with --push-to-hub: create the Hub repository private"})
 
     def problems(self) -> list[str]:
         """Everything wrong with the values and paths, as flag-named sentences (empty when all is well).
@@ -100,6 +125,12 @@ class ExportConfig:
         if self.output is not None and not self.output.endswith(".onnx"):
             found.append(f"--output must name a .onnx file, got {self.output!r}")
             return found
+        if self.push_to_hub or self.hub_model_id is not None or self.private:
+            from gan.hub import hub_problems  # gan.hub builds on this module
+
+            found += hub_problems(self.push_to_hub, self.hub_model_id, self.private)
+        if self.push_to_hub and (self.output is not None or not self.verify):
+            found.append("--push-to-hub publishes the run's own verified model: drop --output and --no-verify")
         if self.run_dir is None and not Path(self.runs_dir).is_dir():
             found.append(
                 f"--runs-dir {self.runs_dir} is not a folder, so there is no newest run to export; pass the run "
@@ -178,7 +209,8 @@ def newest_run(runs_dir: str | Path) -> Path:
     return max(finished, key=lambda run: (run / GENERATOR_FILE).stat().st_mtime)
 
 
-def model_metadata(config: dict[str, Any], precision: str) -> dict[str, str]:
+def model_metadata(config: dict[str, Any], precision: str, weights: str = "final", step: int | None = None
+                   ) -> dict[str, str]:
     """The ONNX file's ``metadata_props``: what an app needs to drive the model and where it came from."""
 
     def required(key: str) -> Any:
@@ -201,7 +233,8 @@ def model_metadata(config: dict[str, Any], precision: str) -> dict[str, str]:
         "dataset": DATASET,
         "dataset_split": str(required("split")),
         "run_name": str(required("run_name")),
-        "step": str(required("final_step")),
+        "step": str(step if step is not None else required("final_step")),
+        "weights": weights,
         "ema_weights": "true" if required("generator_weights") == "ema" else "false",
         "seed": str(required("seed")),
         "precision": precision,
@@ -410,16 +443,24 @@ def run_export(config: ExportConfig) -> dict[str, Any]:
     problems = config.output_problems(run_dir)  # before the work: the newest run is known only now
     if problems:
         raise ExportError("; ".join(problems))
-    generator, run_config = load_generator(run_dir)  # ArtifactError names a missing/corrupt file
-    problem = non_finite_problem(generator, run_dir / GENERATOR_FILE)
+    # ArtifactError names a missing/corrupt file
+    generator, run_config = load_generator(run_dir, weights=config.weights)
+    source = generator_path(run_dir, config.weights)
+    problem = non_finite_problem(generator, source)
     if problem:
         raise ExportError(problem)
+    wandb_run_id = wandb_logging(config, run_config)
+    # a final generator's step is the run's (config.json proves it finished); the best one's is in its file
+    step = read_generator_metadata(source).get("step") if config.weights == "best" else run_config.get("final_step")
     targets = config.outputs(run_dir)
-    summary: dict[str, Any] = {"run_dir": str(run_dir), "models": [str(path) for path, _ in targets]}
+    summary: dict[str, Any] = {"run_dir": str(run_dir), "models": [str(path) for path, _ in targets],
+                               "weights": config.weights, "source": str(source), "step": step}
     with ExitStack() as renames:  # on leaving without an error, each temporary file takes its final name
         temporary = {path: renames.enter_context(atomic_path(path)) for path, _ in targets}
         for path, precision in targets:
-            export_onnx(generator, temporary[path], model_metadata(run_config, precision), config.opset, precision)
+            metadata = model_metadata(run_config, precision, config.weights,
+                                      step if config.weights == "best" else None)
+            export_onnx(generator, temporary[path], metadata, config.opset, precision)
         if config.verify:
             summary.update(verify(generator, [(temporary[path], path, precision) for path, precision in targets]))
             if not summary["passed"]:
@@ -432,7 +473,45 @@ def run_export(config: ExportConfig) -> dict[str, Any]:
         (run_dir / FAILED_REPORT_FILE).unlink(missing_ok=True)  # an earlier failure's report no longer applies
         print(format_table(summary["reports"]))
         print(f"wrote {report_path}")
+    if config.verify and config.output is None:  # the run's own verified model: its card, then where it goes
+        share(run_dir, run_config, summary, config, wandb_run_id)
     return summary
+
+
+def wandb_logging(config: ExportConfig, run_config: dict[str, Any]) -> str | None:
+    """The W&B run id whose model artifact this export adds to, or None when it logs nothing to W&B."""
+    run_id = run_config.get("wandb_run_id")
+    if config.wandb is False or (config.wandb is None and (run_config.get("report_to") != "wandb" or not run_id)):
+        return None
+    if not run_id:
+        raise ExportError(f"--wandb: run {run_config.get('run_name')!r} did not log to W&B (its {CONFIG_FILE} has no "
+                          f"wandb_run_id), so it has no model artifact to add to; drop --wandb")
+    return run_id
+
+
+def share(run_dir: Path, run_config: dict[str, Any], summary: dict[str, Any], config: ExportConfig,
+          wandb_run_id: str | None) -> None:
+    """After a verified export into the run folder: the model card, the W&B model artifact version (when the run
+    logs to W&B) and the Hub upload (with --push-to-hub), each from the files just written."""
+    from gan.card import write_card
+    from gan.hub import push_to_hub
+
+    if not config.push_to_hub:  # push_to_hub writes it, naming the repo
+        print(f"wrote {write_card(run_dir, config.hub_model_id)}")
+    if wandb_run_id is not None:
+        files = [Path(summary["source"]), *map(Path, summary["models"]), run_dir / REPORT_FILE]
+        best = run_config.get("best") or {}
+        is_best = config.weights == "best" or best.get("step") == run_config.get("final_step")
+        aliases = ["latest", f"step-{summary['step']}"] + ["best"] * is_best
+        metadata = {"run_name": run_dir.name, "step": summary["step"], "selected": config.weights, "exported": True,
+                    "num_classes": run_config.get("num_classes", 0), "latent_dim": run_config.get("latent_dim"),
+                    **({"fid": best["fid"]} if is_best and "fid" in best else {})}
+        sync = log_export(run_dir, {**run_config, "wandb_run_id": wandb_run_id}, files, aliases, metadata)
+        print(f"logged {', '.join(path.name for path in files)} as a version of W&B model artifact "
+              f"{model_artifact_name(wandb_run_id)} ({', '.join(aliases)})"
+              + (f"; W&B is offline: upload it with `{sync}`" if sync else ""))
+    if config.push_to_hub:
+        print(f"pushed to {push_to_hub(run_dir, config.hub_model_id, config.private)}")
 
 
 def verify(generator: Generator, files: list[tuple[Path, Path, str]]) -> dict[str, Any]:

@@ -24,6 +24,7 @@ INPUT_NAME = "z"
 LABELS_NAME = "labels"  # a class-conditional model's second input: int64 [batch]
 OUTPUT_NAME = "images"
 BATCH_AXIS = "batch"
+MODEL_FILE = "generator.onnx"  # the model's name in a run folder (export.py writes it) and in a Hub repo
 IMAGE_SHAPE = (1, 28, 28)  # one output image (gan.models.IMAGE_SHAPE, which needs torch)
 
 # One intra-op thread: at batch 1 more threads gain nothing, and onnxruntime's default pool (one spinning thread
@@ -139,6 +140,7 @@ class OnnxGenerator:
     """The exported generator behind a small API: noise in, uint8 images [N, 28, 28] out.
 
     >>> generator = OnnxGenerator("runs/my-run/generator.onnx")
+    >>> generator = OnnxGenerator.from_pretrained("USER/NAME")   # a model published with gan.hub (cached)
     >>> images = generator.generate(64, seed=0)          # uint8 [64, 28, 28]
     >>> images = generator.generate_from_noise(z)        # z: float32 [N, latent_dim]
     >>> batches = generator.generate_batches(10**6)      # iterator: uint8 [<= 1000, 28, 28] at a time
@@ -155,6 +157,72 @@ class OnnxGenerator:
         self.metadata: dict[str, str] = dict(self.session.get_modelmeta().custom_metadata_map)
         self.latent_dim = self._check_interface()
         self.classes = self._read_classes()  # None: the chapter's unconditional model
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        repo_id: str,
+        filename: str = MODEL_FILE,
+        revision: str | None = None,
+        cache_dir: str | os.PathLike | None = None,
+        local_files_only: bool = False,
+        token: str | bool | None = None,
+        **session_kwargs,
+    ) -> OnnxGenerator:
+        """The generator published in the Hub model repo ``repo_id`` (``USER/NAME``, e.g. by ``gan.hub``).
+
+        The file is downloaded once into the Hugging Face cache (``cache_dir``, default ``~/.cache/huggingface/hub``)
+        and read from there afterwards; without a network (or with ``local_files_only=True`` or
+        ``HF_HUB_OFFLINE=1``) the cached copy is used. The interface comes from the file, as with the constructor,
+        which also receives ``session_kwargs`` (``intra_op_threads``). A :class:`ModelError` says what is missing
+        (the repo, the file, or a cached copy while offline) and what to do.
+        """
+        # Imported here: plain inference from a local file must not need (or pay for importing) huggingface_hub.
+        from huggingface_hub import hf_hub_download
+        from huggingface_hub.errors import (
+            EntryNotFoundError,
+            HfHubHTTPError,
+            HFValidationError,
+            LocalEntryNotFoundError,
+            RepositoryNotFoundError,
+            RevisionNotFoundError,
+        )
+
+        where = f"{filename!r} of the Hub model repo {repo_id!r}" + (f" at revision {revision!r}" if revision else "")
+        try:
+            path = hf_hub_download(
+                repo_id,
+                filename,
+                revision=revision,
+                cache_dir=cache_dir,
+                local_files_only=local_files_only,
+                token=token,
+                library_name="kmnist-gan",
+            )
+        except LocalEntryNotFoundError:  # offline (flag, HF_HUB_OFFLINE or no network) and not in the cache
+            raise ModelError(
+                f"{where} is not in the Hugging Face cache ({cache_dir or 'the default cache'}) and the Hub was not "
+                f"asked or could not be reached (local_files_only, HF_HUB_OFFLINE=1 or no network). Download it "
+                f"once with a network (call again without local_files_only / HF_HUB_OFFLINE), or copy the file "
+                f"and open it with OnnxGenerator(path)."
+            ) from None
+        except RepositoryNotFoundError:  # also a private or gated repo without a token that may read it
+            raise ModelError(
+                f"the Hub has no model repo {repo_id!r} that this token may read: check the id (USER/NAME), and "
+                f"for a private repo log in (`hf auth login`) or pass token=..."
+            ) from None
+        except RevisionNotFoundError:
+            raise ModelError(f"the Hub model repo {repo_id!r} has no revision {revision!r}") from None
+        except EntryNotFoundError:
+            raise ModelError(
+                f"the Hub model repo {repo_id!r} has no file {filename!r}: was it published with gan.hub "
+                f"(python -m gan.card / push_to_hub)? Pass filename= for another name, e.g. 'generator.fp16.onnx'."
+            ) from None
+        except HFValidationError as error:
+            raise ModelError(f"{repo_id!r} is not a Hub repo id ({error}); give it as USER/NAME") from None
+        except HfHubHTTPError as error:  # the Hub answered with another error (401, 5xx, ...)
+            raise ModelError(f"cannot download {where}: {str(error).splitlines()[0]}") from None
+        return cls(path, **session_kwargs)
 
     @property
     def num_classes(self) -> int:

@@ -18,7 +18,16 @@ from accelerate import Accelerator
 from accelerate.utils import broadcast_object_list
 
 from gan import pictures
-from gan.artifacts import CONFIG_FILE, GENERATOR_FILE, save_final_generators, versions
+from gan.artifacts import (
+    CONFIG_FILE,
+    GENERATOR_FILE,
+    generator_metadata,
+    generator_path,
+    plain_state_dict,
+    save_best_generator,
+    save_final_generators,
+    versions,
+)
 from gan.atomic_write import write_json
 from gan.checkpointing import (
     ResumePlan,
@@ -55,13 +64,17 @@ from gan.preemption import StopRequest
 from gan.samplers import generate, generation_labels, torch_sampler
 from gan.step import GAN, STEP_METRICS, train_step
 from gan.sync_batchnorm import convert_sync_batchnorm
-from gan.tracking import Progress, Tracker
+from gan.tracking import Progress, Tracker, new_run_id
 
 REAL_SAMPLES = 16  # real images kept from the first batch for real_samples.png
 
 
 class NonFiniteLossError(FloatingPointError):
     """A loss became NaN or infinite; no checkpoint of the broken weights is written."""
+
+
+class PublishError(RuntimeError):
+    """--push-to-hub failed after the run finished; its files are complete in the run folder."""
 
 
 class PreemptedError(Exception):
@@ -103,18 +116,23 @@ def train(config: TrainConfig) -> TrainerState:
     ema = GeneratorEMA(generator, config.ema_decay, device) if config.ema_decay > 0 else None
     sampler = ema.model if ema is not None else generator  # what grids, evaluations and generator.safetensors show
     grid_noise, grid_labels = grid_tensors(config.seed, "grid", config.latent_dim, config.num_classes, device, dtype)
-    state, samples = TrainerState(), SampleRecord()
+    state, samples, best = TrainerState(), SampleRecord(), BestGenerator()
     if plan is not None:
-        state, samples = resume_state(accelerator, plan, ema)
+        state, samples, best = resume_state(accelerator, plan, ema)
     samples.rows = class_rows(data, config.num_classes)
+    if config.report_to == "wandb" and state.wandb_run_id is None:
+        state.wandb_run_id = new_run_id()  # the main process's is the run's (it writes config.json, checkpoints)
 
-    metadata = run_metadata(config, accelerator, run_dir, ema is not None, plan, state.step)
+    metadata = run_metadata(config, accelerator, run_dir, ema is not None, plan, state)
     if main_process:
         run_dir.mkdir(exist_ok=True)
         write_json(run_dir / CONFIG_FILE, metadata)
+        if plan is not None:
+            best.write(run_dir, metadata)  # the best as of the checkpoint: a later one on disk was not kept
     tracker = Tracker(accelerator, config.report_to, run_dir, config.wandb_project, config.wandb_entity,
                       config.wandb_mode, metadata, state.wandb_run_id)
-    state.wandb_run_id = tracker.run_id
+    if main_process:  # the tracker's run lacks the checkpoint's history when offline or new: log it again
+        log_history(tracker, state, samples, since=tracker.first_step_missing())
     evaluator = make_evaluator(config, device) if eval_every and main_process else None
     progress = Progress(total_steps, main_process, config.log_every, done=state.step)
     checkpointed_at = state.step if plan is not None and not plan.fork else None
@@ -122,7 +140,9 @@ def train(config: TrainConfig) -> TrainerState:
     def checkpoint() -> Path:
         nonlocal checkpointed_at
         checkpointed_at = state.step
-        tensors = {"fixed_noise": grid_noise.float(), **(ema.tensors() if ema else {}), **samples.tensors()}
+        tensors = {"fixed_noise": grid_noise.float(), **(ema.tensors() if ema else {}), **samples.tensors(),
+                   **best.tensors()}
+        state.best = best.record()
         if grid_labels is not None:
             tensors["fixed_labels"] = grid_labels
         return save_checkpoint(accelerator, run_dir, state, tensors, metadata, config.keep_checkpoints)
@@ -170,6 +190,8 @@ def train(config: TrainConfig) -> TrainerState:
                     tracker.log(quality, step=state.step)
                     progress.note(f"step {state.step}: FID {quality['eval/fid']:.2f}, coverage "
                                   f"{quality['eval/class_coverage']:.3f}, {quality['eval/seconds']:.1f} s")
+                    if best.consider(state.step, quality, sampler):
+                        best.write(run_dir, metadata)
                 if stop_requested:  # a process was asked to stop: all checkpoint this same step, then leave
                     path = checkpoint()
                     tracker.log({"preempted_at_step": state.step}, step=state.step)
@@ -187,8 +209,10 @@ def train(config: TrainConfig) -> TrainerState:
             checkpoint()
         accelerator.wait_for_everyone()
         if main_process:
-            finish_run(run_dir, metadata, state, generator, ema, samples, tracker)
+            finish_run(run_dir, metadata, state, generator, ema, samples, best, tracker)
         tracker.finish()
+        if main_process and config.push_to_hub:
+            publish(run_dir, config)
     except PreemptedError:
         progress.close()
         tracker.finish()
@@ -280,10 +304,11 @@ def build_gan(config: TrainConfig, accelerator: Accelerator) -> GAN:
 
 
 def run_metadata(config: TrainConfig, accelerator: Accelerator, run_dir: Path, ema: bool, plan: ResumePlan | None,
-                 step: int) -> dict[str, Any]:
+                 state: TrainerState) -> dict[str, Any]:
     """What config.json records: every (resolved) setting, the processes and devices of each launch, where a
     fork came from, the library versions."""
     earlier = plan.settings if plan is not None else {}  # the run's record of its earlier launches
+    step = state.step
     launch = {"from_step": step, "world_size": accelerator.num_processes, "device": accelerator.device.type,
               "started": datetime.now().isoformat(timespec="seconds")}
     metadata = {
@@ -296,6 +321,7 @@ def run_metadata(config: TrainConfig, accelerator: Accelerator, run_dir: Path, e
         "generator_weights": "ema" if ema else "trained",
         **({"class_names": list(CLASS_CHARACTERS[: config.num_classes])} if config.num_classes else {}),
         "launches": [*earlier.get("launches", []), launch],
+        "wandb_run_id": state.wandb_run_id,
         "final_step": None,
         "versions": versions(),
     }
@@ -307,7 +333,7 @@ def run_metadata(config: TrainConfig, accelerator: Accelerator, run_dir: Path, e
 
 
 def resume_state(accelerator: Accelerator, plan: ResumePlan, ema: GeneratorEMA | None
-                 ) -> tuple[TrainerState, SampleRecord]:
+                 ) -> tuple[TrainerState, SampleRecord, BestGenerator]:
     """Restore the checkpoint ``plan`` names into the prepared networks, optimizers and EMA."""
     checkpoint_path, state, tensors = restore(accelerator, plan.source)
     if ema is not None:
@@ -319,7 +345,7 @@ def resume_state(accelerator: Accelerator, plan: ResumePlan, ema: GeneratorEMA |
             print(plan.reason, flush=True)
         into = f" into the new run {plan.run_dir} (a fork)" if plan.fork else ""
         print(f"resumed from {checkpoint_path} at step {state.step}{into}", flush=True)
-    return state, SampleRecord.from_tensors(tensors)
+    return state, SampleRecord.from_tensors(tensors), BestGenerator.from_checkpoint(state.best, tensors)
 
 
 @dataclass
@@ -375,14 +401,32 @@ def record_steps(rows: list[dict[str, float]], grids: list[tuple[int, torch.Tens
         state.skipped_steps += round(row.pop("skipped_steps"))  # every process skips the same steps: the mean
         row.update(extra, skipped_steps=state.skipped_steps)
         state.history.append(row)
-        tracker.log(row, step=row["step"])
+        grid = None
         if row["step"] in grid_at:
-            samples.grids.append(grid_at[row["step"]].cpu())
+            grid = grid_at[row["step"]].cpu()
+            samples.grids.append(grid)
             state.grid_steps.append(row["step"])
-            legend = f"; {samples.rows.legend()}" if samples.rows is not None else ""
-            tracker.log_image("samples/fixed_noise", pictures.grid_image(samples.grids[-1].numpy(), samples.rows),
-                              step=row["step"], caption=f"step {row['step']}{legend}")
+        log_step(tracker, row, grid, samples.rows)
         progress.update(row)
+
+
+def log_step(tracker: Tracker, row: dict[str, float], grid: torch.Tensor | None, rows: pictures.ClassRows | None
+             ) -> None:
+    """One step's metrics row and, when one was drawn at it, the fixed-noise grid."""
+    tracker.log(row, step=row["step"])
+    if grid is not None:
+        legend = f"; {rows.legend()}" if rows is not None else ""
+        tracker.log_image("samples/fixed_noise", pictures.grid_image(grid.numpy(), rows), step=row["step"],
+                          caption=f"step {row['step']}{legend}")
+
+
+def log_history(tracker: Tracker, state: TrainerState, samples: SampleRecord, since: float) -> None:
+    """Log the restored history again from step ``since`` on (rows and grids as they were first logged), so that
+    the tracker's run holds every step once although the process that first logged them may have lost them."""
+    grids = dict(zip(state.grid_steps, samples.grids, strict=True))
+    for row in state.history:
+        if row["step"] >= since:
+            log_step(tracker, row, grids.get(row["step"]), samples.rows)
 
 
 def check_finite(losses: dict[str, float], step: int) -> None:
@@ -409,6 +453,45 @@ class SampleRecord:
     @classmethod
     def from_tensors(cls, tensors: dict[str, torch.Tensor]) -> SampleRecord:
         return cls(list(tensors["grids"]) if "grids" in tensors else [], tensors.get("real_samples"))
+
+
+@dataclass
+class BestGenerator:
+    """The sampled generator at its lowest FID so far (with --eval-every; main process): kept in every checkpoint
+    and in RUN_DIR/best/, so a resumed or forked run keeps its best across the interruption."""
+
+    step: int = 0
+    metrics: dict[str, float] = field(default_factory=dict)  # the evaluation that chose it (no "eval/" prefix)
+    weights: dict[str, torch.Tensor] = field(default_factory=dict)  # plain state dict, CPU
+
+    def consider(self, step: int, quality: dict[str, float], sampler: torch.nn.Module) -> bool:
+        """Keep ``sampler`` if its evaluation ``quality`` ('eval/<name>') has the lowest FID yet; True if kept."""
+        metrics = evaluation_of(quality)
+        if self.weights and not metrics["fid"] < self.metrics["fid"]:
+            return False
+        self.step, self.metrics, self.weights = step, metrics, plain_state_dict(sampler)
+        return True
+
+    def write(self, run_dir: Path, metadata: dict[str, Any]) -> None:
+        """RUN_DIR/best/generator.safetensors as this record says; none when there is no best yet."""
+        if not self.weights:
+            generator_path(run_dir, "best").unlink(missing_ok=True)
+            return
+        save_best_generator(run_dir, self.weights, generator_metadata(run_dir.name, self.step,
+                            metadata["generator_weights"], metadata.get("num_classes", 0)), self.metrics)
+
+    def record(self) -> dict[str, Any] | None:
+        return {"step": self.step, "metrics": self.metrics} if self.weights else None
+
+    def tensors(self) -> dict[str, torch.Tensor]:
+        return {f"best.{name}": value for name, value in self.weights.items()}
+
+    @classmethod
+    def from_checkpoint(cls, record: dict[str, Any] | None, tensors: dict[str, torch.Tensor]) -> BestGenerator:
+        if record is None:
+            return cls()
+        weights = {name.removeprefix("best."): value for name, value in tensors.items() if name.startswith("best.")}
+        return cls(record["step"], record["metrics"], weights)
 
 
 @contextmanager
@@ -464,11 +547,19 @@ def evaluate_samples(evaluator, generator: torch.nn.Module, config: TrainConfig)
     return {f"eval/{name}": float(value) for name, value in metrics.items()}
 
 
+def evaluation_of(row: dict[str, float]) -> dict[str, float]:
+    """The sample-quality metrics of a logged row ('eval/<name>'), by name, without the time they took."""
+    return {k.removeprefix("eval/"): v for k, v in row.items() if k.startswith("eval/") and k != "eval/seconds"}
+
+
 def finish_run(run_dir: Path, metadata: dict[str, Any], state: TrainerState, generator: torch.nn.Module,
-               ema: GeneratorEMA | None, samples: SampleRecord, tracker: Tracker) -> None:
-    """Main process: the final generator(s), config.json with the final step, the pictures, all logged too."""
+               ema: GeneratorEMA | None, samples: SampleRecord, best: BestGenerator, tracker: Tracker) -> None:
+    """Main process: the final generator(s), config.json with the final step, the pictures and the model artifact,
+    all logged too."""
     which = save_final_generators(run_dir, generator, ema.model if ema is not None else None, state.step)
     metadata.update(final_step=state.step, skipped_steps=state.skipped_steps)
+    if best.weights:
+        metadata["best"] = {"step": best.step, "fid": best.metrics["fid"]}
     write_json(run_dir / CONFIG_FILE, metadata)
     sampler = ema.model if ema is not None else generator
     noise, labels = grid_tensors(metadata["seed"], "samples", metadata["latent_dim"], metadata["num_classes"])
@@ -477,5 +568,42 @@ def finish_run(run_dir: Path, metadata: dict[str, Any], state: TrainerState, gen
     grids = list(zip(state.grid_steps, [grid.numpy() for grid in samples.grids], strict=True))
     for path in pictures.save_run_pictures(run_dir, real, fresh.numpy(), which, grids, state.history, samples.rows):
         tracker.log_image(f"pictures/{path.stem}", pictures.read_rgb(path), step=state.step)
+    log_model_versions(run_dir, metadata, state, best, tracker)
     print(f"saved {run_dir / GENERATOR_FILE} ({which} weights) after {state.step} steps"
-          + (f" ({state.skipped_steps} fp16 optimizer steps skipped)" if state.skipped_steps else ""), flush=True)
+          + (f" ({state.skipped_steps} fp16 optimizer steps skipped)" if state.skipped_steps else "")
+          + (f"; the best, FID {best.metrics['fid']:.2f} at step {best.step}, in {generator_path(run_dir, 'best')}"
+             if best.weights else ""), flush=True)
+    if tracker.sync_command():
+        print(f"W&B ran offline: upload this run with `{tracker.sync_command()}`", flush=True)
+
+
+def publish(run_dir: Path, config: TrainConfig) -> None:
+    """--push-to-hub: what ``export.py RUN_DIR --push-to-hub`` does (export, verify, card, W&B artifact, upload)."""
+    from gan.artifacts import ArtifactError
+    from gan.export import ExportConfig, ExportError, run_export
+    from gan.hub import HubError
+
+    try:
+        run_export(ExportConfig(run_dir=str(run_dir), push_to_hub=True, hub_model_id=config.hub_model_id,
+                                private=config.private))
+    except (ArtifactError, ExportError, HubError) as error:
+        retry = f"python export.py {run_dir} --push-to-hub" + (f" --hub-model-id {config.hub_model_id}"
+                                                               if config.hub_model_id else "")
+        raise PublishError(f"{error} (the run finished: its files are in {run_dir}; publish it later with {retry})"
+                           ) from None
+
+
+def log_model_versions(run_dir: Path, metadata: dict[str, Any], state: TrainerState, best: BestGenerator,
+                       tracker: Tracker) -> None:
+    """The final generator as the W&B model artifact's ``latest`` version, also ``best`` when it is the best one
+    evaluated; an earlier best as a version of its own before it. Each version's metadata holds its evaluation."""
+    common = {"run_name": run_dir.name, "num_classes": metadata["num_classes"], "latent_dim": metadata["latent_dim"],
+              "weights": metadata["generator_weights"]}
+    final_is_best = bool(best.weights) and best.step == state.step
+    if best.weights and not final_is_best:
+        tracker.log_model([generator_path(run_dir, "best")], ["best", f"step-{best.step}"],
+                          {**common, "step": best.step, "selected": "best", **best.metrics})
+    last = state.history[-1] if state.history and state.history[-1]["step"] == state.step else {}
+    final_metrics = evaluation_of(last)
+    tracker.log_model([generator_path(run_dir, "final")], ["latest", f"step-{state.step}"] + ["best"] * final_is_best,
+                      {**common, "step": state.step, "selected": "final", **final_metrics})

@@ -234,3 +234,73 @@ class FileCreatingPayload:
 
     def __reduce__(self):
         return (Path(self.marker).touch, ())
+
+
+# --- small exported runs for the model card and Hub tests: untrained generators, exported in-process in seconds
+
+FINAL_STEP = 7
+# What a finished run of train_ddp.py records besides the sizes, for export.py and for the card's recipe.
+RUN_CONFIG = {"split": "test", "final_step": FINAL_STEP, "generator_weights": "trained", "seed": 0, "world_size": 2,
+              "mixed_precision": "bf16", "batch_size": 64, "epochs": 3, "lr_generator": 2e-4,
+              "lr_discriminator": 1e-4, "ema_decay": 0.0}
+
+
+def exported_small_run(tmp_path_factory, num_classes: int) -> Path:
+    """A small untrained generator saved as a finished run and exported in-process with the real exporter (with
+    --fp16 when unconditional): made once per pytest session, for test_card.py and test_hub.py. Tests work on a
+    copy (:func:`copy_run`): the card writes into the run folder."""
+    import contextlib
+    import io
+    import shutil
+
+    from gan.card import CARD_FILE, SAMPLES_FILE
+    from gan.export import ExportConfig, run_export
+
+    name = "card-conditional" if num_classes else "card-unconditional"
+    base = tmp_path_factory.getbasetemp() / "card-runs"
+    run_dir, done = base / name, base / f"{name}.done"
+    if not done.is_file():
+        shutil.rmtree(run_dir, ignore_errors=True)
+        run_dir.mkdir(parents=True)
+        save_small_run(run_dir, **RUN_CONFIG, num_classes=num_classes, run_name=name)
+        with contextlib.redirect_stdout(io.StringIO()):
+            run_export(ExportConfig(run_dir=str(run_dir), fp16=not num_classes))
+        for written in (CARD_FILE, SAMPLES_FILE):  # an exporter that writes the card: the tests write their own
+            (run_dir / written).unlink(missing_ok=True)
+        done.touch()
+    return run_dir
+
+
+def copy_run(source: Path, target: Path) -> Path:
+    import shutil
+
+    shutil.copytree(source, target)
+    return target
+
+
+def write_evaluation(run_dir: Path, conditional: bool = False) -> dict:
+    """An evaluation.json with the keys `python -m gan.evaluate RUN_DIR` writes (gan.evaluate.run_evaluation) and
+    distinct numbers, so that each can be found again; the real evaluation needs the data and a minute."""
+    import json
+
+    from gan.card import EVALUATION_FILE
+
+    metrics = {"fid": 41.5, "kid": 12.25, "kid_std": 1.5, "classifier_score": 7.5, "class_coverage": 0.953,
+               "confident_share": 0.8, "precision": 0.625, "recall": 0.4375}
+    if conditional:
+        metrics |= {"class_accuracy": 0.875, "class_fid_mean": 60.5, "class_fid_worst": 90.25,
+                    "class_fid_worst_class": 4, "class_precision_mean": 0.5, "class_recall_mean": 0.375}
+    payload = {
+        "source": str(run_dir), "kind": "pytorch", "num_classes": 10 if conditional else 0, "samples": 2000,
+        "seed": 0,
+        "reference": {"data_dir": "data", "split": "test", "images": 10000,
+                      "chosen_by": {"data_dir": "fallback", "split": "fallback"}},
+        "settings": {"k": 3, "kid_subsets": 100, "confidence_threshold": 0.9},
+        "classifier": {"weights": "gan/assets/kmnist_classifier.safetensors", "weights_sha256": "ab" * 32,
+                       "holdout_accuracy": 0.969, "trained_on": {"split": "test", "images": 10000}},
+        "metrics": metrics,
+        "real_floor": {"images": [5000, 5000], "metrics": {"fid": 0.83, "precision": 0.873, "recall": 0.875}},
+        "seconds": {"generate": 0.2}, "versions": {"python": "3.11"},
+    }
+    (run_dir / EVALUATION_FILE).write_text(json.dumps(payload))
+    return payload
