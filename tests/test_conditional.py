@@ -1,5 +1,6 @@
 """Class-conditional training (--num-classes): labels drawn and sharded like the noise and the images, the
-labelled step, EMA, pictures, and real runs that train the same model on 1 and 2 processes and resume exactly."""
+labelled step with its class loss (AC-GAN), conditional BatchNorm, EMA, pictures, and real runs that train the same
+model on 1 and 2 processes and resume exactly."""
 
 from __future__ import annotations
 
