@@ -71,13 +71,13 @@ def train_step(accelerator: Accelerator, gan: GAN, real: torch.Tensor, noise: to
     ``class_loss_weight`` > 0 (conditional only; D needs its class head) adds AC-GAN's auxiliary classification
     loss: the D step adds weight x cross-entropy of the class head on the real images and their classes, the G step
     weight x cross-entropy of the class head on the fakes and the requested classes. The head learns classes from
-    real images only: taught on fakes too (the AC-GAN paper's choice), it would also learn whatever marks the
-    generator leaves on a class's fakes, and reward them instead of the character.
+    real images only: taught on fakes too (the AC-GAN paper's choice), it also learns whatever marks the generator
+    leaves on a class's fakes and rewards them instead of the character (measured worse: docs/conditional.md).
 
-    Returns this process's detached metrics (order of ``STEP_METRICS``) on the training device: d_loss, g_loss (each
-    with its class term, if any),
-    the mean probabilities D(x) and D(G(z)) seen by the D step, and how many of the two optimizer steps fp16 loss
-    scaling skipped. Nothing here reads a value back to the host, so the host can queue the next step at once.
+    Returns this process's detached metrics (order of ``STEP_METRICS``) on the training device: d_loss and g_loss
+    (each with its class term, if any), the mean probabilities D(x) and D(G(z)) seen by the D step, and how many of
+    the two optimizer steps fp16 loss scaling skipped. Nothing here reads a value back to the host, so the host can
+    queue the next step at once.
     """
     scales = []  # the fp16 loss scale around each optimizer step (none without a scaler)
 
