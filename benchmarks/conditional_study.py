@@ -12,9 +12,12 @@ per-seed numbers, the conditional model's per-class results, whether the issue's
 >= 0.95 and FID no worse than the unconditional default's) and the CPU it ran on.
 
 Variants (``VARIANTS``): ``unconditional`` (the defaults) and ``conditional`` (the defaults with
-``--num-classes 10``). Both start from the same seed; only the conditional model's extra modules differ. Beyond
-the chapter's budget, not run unless named: ``conditional-20-epochs`` (4x the steps), to see whether class accuracy
-is a matter of budget. Runs already finished under ``--work-dir`` are reused unless ``--retrain`` is given.
+``--num-classes 10``: conditional BatchNorm in the generator and the auxiliary class loss, weight 0.1). Both start
+from the same seed; only the conditional model's extra modules differ. Ablations: ``conditional-class-norm-only``,
+``conditional-class-loss-only`` and ``conditional-projection-only`` (neither: the conditional model before them);
+``conditional-class-loss-W`` and ``conditional-class-loss-only-W`` other class loss weights W. Beyond the chapter's
+budget, not run unless named: ``conditional-20-epochs`` (4x the steps), to see whether class accuracy is a matter of
+budget. Runs already finished under ``--work-dir`` are reused unless ``--retrain`` is given.
 
 Besides the evaluator's metrics, each conditional run records ``class_accuracy_confident``: the class accuracy
 among the samples the classifier recognises with confidence (top probability > 0.9, the ``confident_share``), which
@@ -50,7 +53,14 @@ EPOCHS, BATCH_SIZE = 5, 128  # the chapter's budget
 TARGET_CLASS_ACCURACY = 0.95
 VARIANTS: dict[str, list[str]] = {  # variant -> train_ddp.py flags beyond the study's common ones
     "unconditional": [],
-    "conditional": ["--num-classes", "10"],
+    "conditional": ["--num-classes", "10"],  # the defaults: conditional BatchNorm and class loss 0.1
+    "conditional-class-norm-only": ["--num-classes", "10", "--class-loss-weight", "0"],
+    "conditional-class-loss-only": ["--num-classes", "10", "--no-class-norm"],
+    "conditional-projection-only": ["--num-classes", "10", "--no-class-norm", "--class-loss-weight", "0"],  # before
+    # class loss weights, screened with seed 0 (docs/conditional.md)
+    **{f"conditional-class-loss-{w}": ["--num-classes", "10", "--class-loss-weight", w] for w in ("0.25", "0.5")},
+    **{f"conditional-class-loss-only-{w}": ["--num-classes", "10", "--no-class-norm", "--class-loss-weight", w]
+       for w in ("0.5", "1", "2")},
     "conditional-20-epochs": ["--num-classes", "10", "--epochs", "20"],  # the last --epochs wins
 }
 DEFAULT_VARIANTS = ["unconditional", "conditional"]
@@ -95,6 +105,11 @@ def code_digest() -> str:
     return digest.hexdigest()[:12]
 
 
+def digest_path(run_dir: Path) -> Path:
+    """RUN_DIR.code beside the run folder (not with_suffix: a variant's name may hold a dot, as in 0.5)."""
+    return run_dir.parent / f"{run_dir.name}.code"
+
+
 def ensure_trained(variant: str, seed: int, args: argparse.Namespace, log: Log) -> float | None:
     """Train (variant, seed) unless its run folder is complete; the training seconds (None: reused). The code's
     digest at the start of training goes to RUN_DIR.code beside the run folder."""
@@ -103,7 +118,7 @@ def ensure_trained(variant: str, seed: int, args: argparse.Namespace, log: Log) 
         log(f"reusing {run_dir}")
         return None
     shutil.rmtree(run_dir, ignore_errors=True)
-    run_dir.with_suffix(".code").write_text(code_digest() + "\n")
+    digest_path(run_dir).write_text(code_digest() + "\n")
     return train(train_command(variant, seed, args), args.work_dir / f"{variant}-s{seed}.log",
                  f"{variant} seed {seed}", log)
 
@@ -125,7 +140,7 @@ def evaluate_run(evaluator: Evaluator, run_dir: Path, args: argparse.Namespace) 
         hits = probabilities.argmax(1)[confident] == labels[confident]
         metrics["class_accuracy_confident"] = hits.double().mean().item() if len(hits) else float("nan")
     config = json.loads((run_dir / CONFIG_FILE).read_text())
-    digest_file = run_dir.with_suffix(".code")
+    digest_file = digest_path(run_dir)
     return {
         "run_dir": str(run_dir),
         "code_digest": digest_file.read_text().strip() if digest_file.is_file() else None,

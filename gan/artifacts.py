@@ -41,6 +41,11 @@ def versions() -> dict[str, str]:
     }
 
 
+def has_class_norm(state: dict[str, torch.Tensor]) -> bool:
+    """Whether a generator's weights include conditional BatchNorm's class scales and shifts."""
+    return any(name.startswith("class_norm.") for name in state)
+
+
 def plain_state_dict(generator: nn.Module) -> dict[str, torch.Tensor]:
     """The generator's weights as a plain :class:`Generator` holds them (BatchNorm2d keys, fp32, CPU, contiguous).
 
@@ -51,7 +56,7 @@ def plain_state_dict(generator: nn.Module) -> dict[str, torch.Tensor]:
     num_classes = state["label_embedding.weight"].shape[0] if "label_embedding.weight" in state else 0
     latent_dim = state["main.0.weight"].shape[0] - (LABEL_DIM if num_classes else 0)
     base_width = state["main.0.weight"].shape[1] // 4
-    plain = Generator(latent_dim, base_width, num_classes)
+    plain = Generator(latent_dim, base_width, num_classes, class_norm=has_class_norm(state))
     plain.load_state_dict(state)
     return {k: v.contiguous() for k, v in plain.state_dict().items()}
 
@@ -138,7 +143,8 @@ def load_generator(run_dir: str | os.PathLike, device: str | torch.device = "cpu
             f"{path} is not a readable safetensors file ({error}); it is corrupt or truncated. Re-run training or "
             f"restore the file."
         ) from None
-    generator = Generator(config["latent_dim"], config["base_width"], config.get("num_classes", 0)).to(device)
+    generator = Generator(config["latent_dim"], config["base_width"], config.get("num_classes", 0),
+                          class_norm=has_class_norm(state)).to(device)
     try:
         generator.load_state_dict(state)
     except RuntimeError as error:

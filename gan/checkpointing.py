@@ -58,6 +58,9 @@ RESUME_CHANGEABLE = ("epochs", "max_steps", "checkpoint_every", "keep_checkpoint
 # a 1-process run resumed on 2 processes synchronizes its BatchNorm.
 RESOLVED_PER_LAUNCH = ("channels_last", "cpu_kernels", "sync_bn")
 _NOT_SETTINGS = ("resume", "run_name", "output_dir", "given", "lr")  # lr: compared through the per-network rates
+# Defining settings that runs from before their flag did not record, with the value those runs trained with (today's
+# default may differ): a resumed older run keeps its model.
+UNRECORDED_BEFORE = {"class_loss_weight": 0.0, "class_norm": False}
 
 
 @dataclass
@@ -355,7 +358,7 @@ def resumed_config(config: TrainConfig, plan: ResumePlan) -> TrainConfig:
 
     SetupError (exit 2) when this launch sets a defining flag to another value than the run's.
     """
-    saved = plan.settings
+    saved = {**UNRECORDED_BEFORE, **plan.settings}
     given = set(config.given)
     if "lr" in given:  # --lr sets both rates unless a per-network flag overrides it
         given |= {"lr_generator", "lr_discriminator"}

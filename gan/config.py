@@ -35,6 +35,9 @@ MAX_LATENT_DIM = 4096
 MAX_BASE_WIDTH = 512  # the discriminator's widest layer is 4x this: 2,048 channels
 MAX_DIST_TIMEOUT = 7 * 24 * 3600
 MAX_EVAL_SAMPLES = 100_000
+# Weight of a conditional run's auxiliary classification loss (AC-GAN) unless --class-loss-weight says otherwise:
+# measured at the chapter's budget in docs/conditional.md (benchmarks/conditional_study.py).
+CLASS_LOSS_WEIGHT = 0.1
 
 
 # --help lists the flags in these groups, in this order.
@@ -119,6 +122,26 @@ class TrainConfig:
         metadata=field_flag(
             "class-conditional training on KMNIST's first N classes (labels 0..N-1; 10: all of them), so that "
             "samples can be asked for by character; 0: the chapter's unconditional model",
+            group="model",
+        ),
+    )
+    class_loss_weight: float | None = field(
+        default=None,
+        metadata=field_flag(
+            "weight of the auxiliary classification loss of a class-conditional run (AC-GAN): a class head on the "
+            "discriminator learns the real images' classes, and the generator is rewarded when it reads its "
+            f"samples as the requested class (default: {CLASS_LOSS_WEIGHT} with --num-classes, else 0; "
+            "0: no class head)",
+            group="model",
+        ),
+    )
+    class_norm: bool | None = field(
+        default=None,
+        metadata=field_flag(
+            "conditional BatchNorm in the generator of a class-conditional run: a class-specific scale and shift "
+            "after each of its BatchNorm layers, so that every layer sees the class (default: on with "
+            "--num-classes)",
+            action=argparse.BooleanOptionalAction,
             group="model",
         ),
     )
@@ -285,6 +308,11 @@ class TrainConfig:
             self.lr_generator = self.lr if self.lr is not None else LR_GENERATOR
         if self.lr_discriminator is None:
             self.lr_discriminator = self.lr if self.lr is not None else LR_DISCRIMINATOR
+        # a conditional run's measured defaults; the chapter's model has neither
+        if self.class_loss_weight is None:
+            self.class_loss_weight = CLASS_LOSS_WEIGHT if self.num_classes else 0.0
+        if self.class_norm is None:
+            self.class_norm = bool(self.num_classes)
 
     def problems(self) -> list[str]:
         """Everything wrong with the values, as flag-named sentences (empty when all is well)."""
@@ -300,7 +328,8 @@ class TrainConfig:
             "eval_samples",
         )
         found = at_least_one({name: getattr(self, name) for name in positive})
-        for name in ("lr", "lr_generator", "lr_discriminator", "beta1", "beta2", "real_label", "ema_decay"):
+        for name in ("lr", "lr_generator", "lr_discriminator", "beta1", "beta2", "real_label", "ema_decay",
+                     "class_loss_weight"):
             value = getattr(self, name)
             if value is not None and math.isinf(value):
                 found.append(f"{flag_name(name)} must be finite, got {value}")
@@ -327,6 +356,13 @@ class TrainConfig:
             found.append(f"--eval-samples must be at least {least} (precision/recall compare each sample with its "
                          f"{PRECISION_RECALL_K} nearest neighbours{', in each class' if self.num_classes else ''}), "
                          f"got {self.eval_samples}")
+        if not self.class_loss_weight >= 0:  # also NaN
+            found.append(f"--class-loss-weight must be 0 or positive, got {self.class_loss_weight}")
+        elif self.class_loss_weight and not self.num_classes:
+            found.append(f"--class-loss-weight {self.class_loss_weight} needs a class-conditional run (--num-classes "
+                         f"N): the chapter's unconditional model has no classes to learn; drop the flag")
+        if self.class_norm and not self.num_classes:
+            found.append("--class-norm needs a class-conditional run (--num-classes N); drop the flag")
         if self.max_steps < 0:
             found.append(f"--max-steps must be 0 (no limit) or positive, got {self.max_steps}")
         for name in ("lr", "lr_generator", "lr_discriminator"):

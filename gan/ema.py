@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from gan.artifacts import plain_state_dict
+from gan.artifacts import has_class_norm, plain_state_dict
 from gan.models import Generator
 
 
@@ -22,7 +22,8 @@ class GeneratorEMA:
         self.updates = 0
         state = plain_state_dict(generator)
         # latent_dim and num_classes from the module: a conditional first layer reads latent_dim + LABEL_DIM numbers
-        self.model = Generator(generator.latent_dim, state["main.0.weight"].shape[1] // 4, generator.num_classes)
+        self.model = Generator(generator.latent_dim, state["main.0.weight"].shape[1] // 4, generator.num_classes,
+                               class_norm=has_class_norm(state))
         self.model.load_state_dict(state)
         dtype = next(generator.parameters()).dtype  # fp64 runs (--dtype float64) average in fp64
         self.model.to(device, dtype).eval().requires_grad_(False)

@@ -3,11 +3,14 @@
 Module structure mirrors the chapter (``self.main`` is one ``nn.Sequential`` in its layer order), so state-dict keys
 read ``main.0.weight``, ``main.1.running_mean``, ... The model code knows nothing of devices or parallelism.
 
-With ``num_classes`` > 0 both networks are class-conditional, and only two modules are added to the chapter's:
+With ``num_classes`` > 0 both networks are class-conditional, and only these modules are added to the chapter's:
 the generator joins a learned label embedding (``label_embedding``, LABEL_DIM numbers per class) to z before its
-first layer, whose input widens from latent_dim to latent_dim + LABEL_DIM; the discriminator is a projection
-discriminator (Miyato & Koyama 2018): its logit is the chapter's last layer plus the inner product of a learned
-class embedding (``projection``, one vector per class) with the spatially summed features that layer reads.
+first layer, whose input widens from latent_dim to latent_dim + LABEL_DIM; with ``class_norm`` (conditional
+BatchNorm) each of its BatchNorm layers is followed by a class-specific per-channel scale and shift
+(``class_norm``, starting at 1 and 0). The discriminator is a projection discriminator (Miyato & Koyama 2018):
+its logit is the chapter's last layer plus the inner product of a learned class embedding (``projection``, one
+vector per class) with the spatially summed features that layer reads; with ``class_head`` (for the auxiliary
+classification loss of AC-GAN, Odena et al. 2017) a linear layer also reads those summed features as class logits.
 With ``num_classes`` = 0 (the default) they are the chapter's networks, unchanged to the last parameter.
 """
 
@@ -26,8 +29,11 @@ class Generator(nn.Module):
     """z [N, latent_dim] or [N, latent_dim, 1, 1] (and, if conditional, labels int64 [N]) -> images [N, 1, 28, 28]
     in [-1, 1]."""
 
-    def __init__(self, latent_dim: int = LATENT_DIM, base_width: int = BASE_WIDTH, num_classes: int = 0):
+    def __init__(self, latent_dim: int = LATENT_DIM, base_width: int = BASE_WIDTH, num_classes: int = 0,
+                 class_norm: bool = False):
         super().__init__()
+        if class_norm and not num_classes:
+            raise ValueError("conditional BatchNorm needs a conditional generator (num_classes > 0)")
         self.latent_dim = latent_dim
         self.num_classes = num_classes
         w = base_width
@@ -49,6 +55,13 @@ class Generator(nn.Module):
         if num_classes:
             # after the chapter's initialisation, so that an unconditional model draws the same initial weights
             self.label_embedding = nn.Embedding(num_classes, LABEL_DIM)  # N(0, 1): on the scale of z
+        # where the class-specific scale and shift apply: after each BatchNorm (positions in self.main, which stay
+        # valid when export folds a BatchNorm into its convolution)
+        self.class_norm_positions = [i for i, layer in enumerate(self.main) if isinstance(layer, nn.BatchNorm2d)]
+        if class_norm:
+            self.class_norm = nn.ModuleList(
+                ClassAffine(num_classes, self.main[i].num_features) for i in self.class_norm_positions
+            )
 
     def forward(self, z: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
         if z.dim() == 4:
@@ -57,15 +70,43 @@ class Generator(nn.Module):
             if labels is None:
                 raise ValueError(f"this generator is conditional on {self.num_classes} classes: pass labels [N]")
             z = torch.cat([z, self.label_embedding(labels).to(z.dtype)], dim=1)
-        return self.main(z[:, :, None, None])
+        x = z[:, :, None, None]
+        if not hasattr(self, "class_norm"):
+            return self.main(x)
+        affines = dict(zip(self.class_norm_positions, self.class_norm, strict=True))
+        for index, layer in enumerate(self.main):
+            x = layer(x)
+            if index in affines:
+                x = affines[index](x, labels)
+        return x
+
+
+class ClassAffine(nn.Module):
+    """Conditional BatchNorm's class part: x [N, C, H, W], labels [N] -> x * (1 + scale[label]) + shift[label],
+    per channel. Starts at zero scale and shift: the plain BatchNorm before it, unchanged."""
+
+    def __init__(self, num_classes: int, channels: int):
+        super().__init__()
+        self.scale = nn.Embedding(num_classes, channels)
+        self.shift = nn.Embedding(num_classes, channels)
+        nn.init.zeros_(self.scale.weight)
+        nn.init.zeros_(self.shift.weight)
+
+    def forward(self, x: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        scale = self.scale(labels).to(x.dtype)[:, :, None, None]  # (N, C, 1, 1)
+        shift = self.shift(labels).to(x.dtype)[:, :, None, None]
+        return x * (1 + scale) + shift
 
 
 class Discriminator(nn.Module):
     """images [N, 1, 28, 28] (and, if conditional, labels int64 [N]) -> logits [N] (no Sigmoid: the loss is
-    BCE-with-logits)."""
+    BCE-with-logits). With ``class_head`` (conditional only) and ``classify=True``: (logits [N], class logits
+    [N, num_classes]), the class head's reading of each image, for the auxiliary classification loss."""
 
-    def __init__(self, base_width: int = BASE_WIDTH, num_classes: int = 0):
+    def __init__(self, base_width: int = BASE_WIDTH, num_classes: int = 0, class_head: bool = False):
         super().__init__()
+        if class_head and not num_classes:
+            raise ValueError("a class head needs a conditional discriminator (num_classes > 0)")
         self.num_classes = num_classes
         w = base_width
         self.main = nn.Sequential(
@@ -83,15 +124,24 @@ class Discriminator(nn.Module):
         if num_classes:
             self.projection = nn.Embedding(num_classes, w * 4)
             nn.init.normal_(self.projection.weight, 0.0, 0.02)  # like the convs: the class term starts small
+        if class_head:
+            self.class_head = nn.Linear(w * 4, num_classes)  # PyTorch's default init; after the others, like them
 
-    def forward(self, images: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(self, images: torch.Tensor, labels: torch.Tensor | None = None,
+                classify: bool = False) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         if not self.num_classes:
             return self.main(images).flatten()
         if labels is None:
             raise ValueError(f"this discriminator is conditional on {self.num_classes} classes: pass labels [N]")
         features = self.main[:-1](images)  # (N, 112, 3, 3): what the chapter's last layer reads
-        projected = (self.projection(labels).to(features.dtype) * features.sum(dim=(2, 3))).sum(dim=1)
-        return self.main[-1](features).flatten() + projected
+        summed = features.sum(dim=(2, 3))  # (N, 112)
+        projected = (self.projection(labels).to(features.dtype) * summed).sum(dim=1)
+        logits = self.main[-1](features).flatten() + projected
+        if not classify:
+            return logits
+        if not hasattr(self, "class_head"):
+            raise ValueError("this discriminator has no class head (built with class_head=False)")
+        return logits, self.class_head(summed)  # (N,), (N, num_classes)
 
 
 def init_weights(module: nn.Module) -> None:

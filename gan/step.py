@@ -53,26 +53,45 @@ def frozen(discriminator: nn.Module) -> Iterator[nn.Module]:
             parameter.requires_grad_(True)
 
 
+def _cross_entropy(class_logits: torch.Tensor, classes: torch.Tensor) -> torch.Tensor:
+    # in fp32 at least, like _bce
+    if class_logits.dtype in (torch.float16, torch.bfloat16):
+        class_logits = class_logits.float()
+    return F.cross_entropy(class_logits, classes)
+
+
 def train_step(accelerator: Accelerator, gan: GAN, real: torch.Tensor, noise: torch.Tensor,
                real_label: float = 1.0, real_classes: torch.Tensor | None = None,
-               fake_classes: torch.Tensor | None = None) -> torch.Tensor:
+               fake_classes: torch.Tensor | None = None, class_loss_weight: float = 0.0) -> torch.Tensor:
     """One D step then one G step on this process's share of the batch, without waiting for the device.
 
     ``real_label`` < 1 is one-sided label smoothing: the D step's target for real images (the G step keeps 1).
     ``real_classes`` and ``fake_classes`` (int64 [B], a class-conditional GAN's; None for the chapter's) are the
     classes of the real images and the classes the generator is asked for: D judges each image with its class.
+    ``class_loss_weight`` > 0 (conditional only; D needs its class head) adds AC-GAN's auxiliary classification
+    loss: the D step adds weight x cross-entropy of the class head on the real images and their classes, the G step
+    weight x cross-entropy of the class head on the fakes and the requested classes. The head learns classes from
+    real images only: taught on fakes too (the AC-GAN paper's choice), it also learns whatever marks the generator
+    leaves on a class's fakes and rewards them instead of the character (measured worse: docs/conditional.md).
 
-    Returns this process's detached metrics (order of ``STEP_METRICS``) on the training device: d_loss, g_loss,
-    the mean probabilities D(x) and D(G(z)) seen by the D step, and how many of the two optimizer steps fp16 loss
-    scaling skipped. Nothing here reads a value back to the host, so the host can queue the next step at once.
+    Returns this process's detached metrics (order of ``STEP_METRICS``) on the training device: d_loss and g_loss
+    (each with its class term, if any), the mean probabilities D(x) and D(G(z)) seen by the D step, and how many of
+    the two optimizer steps fp16 loss scaling skipped. Nothing here reads a value back to the host, so the host can
+    queue the next step at once.
     """
     scales = []  # the fp16 loss scale around each optimizer step (none without a scaler)
 
     # (1) Update D: maximize log D(x) + log(1 - D(G(z)))
-    real_logits = gan.discriminator(real, real_classes)  # (B,)
+    #     (+ weight x cross-entropy of D's class head on the real images, if AC-GAN)
+    if class_loss_weight:
+        real_logits, real_class_logits = gan.discriminator(real, real_classes, classify=True)  # (B,), (B, classes)
+    else:
+        real_logits = gan.discriminator(real, real_classes)  # (B,)
     fake = gan.generator(noise, fake_classes)  # (B, 1, 28, 28)
     fake_logits = gan.discriminator(fake.detach(), fake_classes)  # (B,)
     d_loss = _bce(real_logits, real_label) + _bce(fake_logits, 0.0)
+    if class_loss_weight:
+        d_loss = d_loss + class_loss_weight * _cross_entropy(real_class_logits, real_classes)
     # One backward for both halves: the same gradient as two, and one DDP all-reduce instead of two.
     gan.discriminator_optimizer.zero_grad(set_to_none=True)
     accelerator.backward(d_loss)
@@ -81,8 +100,13 @@ def train_step(accelerator: Accelerator, gan: GAN, real: torch.Tensor, noise: to
     _record_scale(accelerator, scales)
 
     # (2) Update G: maximize log D(G(z)) (fakes labelled real: the non-saturating loss)
+    #     (+ weight x cross-entropy of D's class head on the fakes and the requested classes, if AC-GAN)
     with frozen(gan.discriminator) as discriminator:
-        g_loss = _bce(discriminator(fake, fake_classes), 1.0)
+        if class_loss_weight:
+            logits, class_logits = discriminator(fake, fake_classes, classify=True)
+            g_loss = _bce(logits, 1.0) + class_loss_weight * _cross_entropy(class_logits, fake_classes)
+        else:
+            g_loss = _bce(discriminator(fake, fake_classes), 1.0)
         gan.generator_optimizer.zero_grad(set_to_none=True)
         accelerator.backward(g_loss)
     _record_scale(accelerator, scales)

@@ -166,7 +166,8 @@ def train(config: TrainConfig) -> TrainerState:
                 if config.num_classes:  # the classes the generator is asked for: like the noise, from (seed, step)
                     fake_classes = step_labels_tensor(config.seed, state.step, config.batch_size, config.num_classes,
                                                       device, accelerator.process_index, accelerator.num_processes)
-                metrics = train_step(accelerator, gan, real, noise, config.real_label, real_classes, fake_classes)
+                metrics = train_step(accelerator, gan, real, noise, config.real_label, real_classes, fake_classes,
+                                     config.class_loss_weight)
                 state.step += 1
                 state.batch_in_epoch += 1
                 pending.add(state.step, state.epoch, metrics)
@@ -282,8 +283,8 @@ def build_gan(config: TrainConfig, accelerator: Accelerator) -> GAN:
     torch.manual_seed(config.seed)  # same initial weights on every process (DDP also broadcasts them)
     dtype = getattr(torch, config.dtype)
     # initialised in fp32 either way
-    generator = Generator(config.latent_dim, config.base_width, config.num_classes).to(dtype)
-    discriminator = Discriminator(config.base_width, config.num_classes).to(dtype)
+    generator = Generator(config.latent_dim, config.base_width, config.num_classes, config.class_norm).to(dtype)
+    discriminator = Discriminator(config.base_width, config.num_classes, config.class_loss_weight > 0).to(dtype)
     if config.channels_last:  # conv outputs follow the weights' layout; [B, 1, 28, 28] is both
         generator = generator.to(memory_format=torch.channels_last)
         discriminator = discriminator.to(memory_format=torch.channels_last)

@@ -118,7 +118,8 @@ def save_small_run(run_dir: Path, **config: object):
 
     torch.manual_seed(0)
     num_classes = int(config.get("num_classes", 0))  # > 0: a class-conditional generator
-    generator = Generator(SMALL_LATENT_DIM, SMALL_BASE_WIDTH, num_classes)
+    # a conditional one as training builds it: with conditional BatchNorm
+    generator = Generator(SMALL_LATENT_DIM, SMALL_BASE_WIDTH, num_classes, class_norm=bool(num_classes))
     for module in generator.modules():
         if isinstance(module, torch.nn.BatchNorm2d):
             module.momentum = None  # a cumulative average over the one pass
@@ -126,6 +127,9 @@ def save_small_run(run_dir: Path, **config: object):
         labels = torch.arange(512) % num_classes if num_classes else None
         generator.train()(torch.randn(512, SMALL_LATENT_DIM), labels)
         generator.main[-2].weight.mul_(8)  # the last layer's N(0, 0.02) weights alone give tanh inputs ~ 0.1
+        for affine in getattr(generator, "class_norm", []):  # classes that differ in every layer, as trained ones do
+            affine.scale.weight.normal_(0, 0.2)
+            affine.shift.weight.normal_(0, 0.2)
     generator.eval()
     write_json(run_dir / CONFIG_FILE, {"latent_dim": SMALL_LATENT_DIM, "base_width": SMALL_BASE_WIDTH, **config})
     if num_classes:  # with the safetensors metadata a finished conditional run writes (num_classes, class names)

@@ -1,5 +1,6 @@
 """Class-conditional training (--num-classes): labels drawn and sharded like the noise and the images, the
-labelled step, EMA, pictures, and real runs that train the same model on 1 and 2 processes and resume exactly."""
+labelled step with its class loss (AC-GAN), conditional BatchNorm, EMA, pictures, and real runs that train the same
+model on 1 and 2 processes and resume exactly."""
 
 from __future__ import annotations
 
@@ -21,9 +22,9 @@ from safetensors import safe_open
 from safetensors.torch import load_file
 from wandb_reader import config_values, history_rows, read_records
 
-from gan.artifacts import CONFIG_FILE, GENERATOR_FILE, load_generator
-from gan.checkpointing import CHECKPOINTS, RESUME_CHANGEABLE, STATE_TENSORS
-from gan.config import parse_config
+from gan.artifacts import CONFIG_FILE, GENERATOR_FILE, load_generator, plain_state_dict, save_final_generators
+from gan.checkpointing import CHECKPOINTS, RESUME_CHANGEABLE, STATE_TENSORS, ResumePlan, resumed_config
+from gan.config import CLASS_LOSS_WEIGHT, SetupError, parse_config
 from gan.data import (
     CLASS_CHARACTERS,
     CLASS_NAMES,
@@ -139,6 +140,42 @@ def test_the_class_count_defines_the_run():
     assert "num_classes" not in RESUME_CHANGEABLE
 
 
+def test_the_class_loss_weight_and_class_norm_default_by_model_and_define_the_run():
+    assert parse_config([]).class_loss_weight == 0 and parse_config([]).class_norm is False  # the chapter's model
+    assert parse_config(["--num-classes", "10"]).class_loss_weight == CLASS_LOSS_WEIGHT
+    assert parse_config(["--num-classes", "10"]).class_norm is True
+    assert parse_config(["--num-classes", "10", "--no-class-norm"]).class_norm is False
+    assert "class_norm" not in RESUME_CHANGEABLE
+    assert parse_config(["--num-classes", "10", "--class-loss-weight", "0"]).class_loss_weight == 0
+    assert parse_config(["--num-classes", "0", "--class-loss-weight", "0"]).class_loss_weight == 0
+    assert parse_config(["--num-classes", "10", "--class-loss-weight", "2.5"]).to_dict()["class_loss_weight"] == 2.5
+    assert "class_loss_weight" not in RESUME_CHANGEABLE
+
+
+def test_an_older_conditional_run_resumes_without_class_loss_and_class_norm(tmp_path):
+    """Runs from before --class-loss-weight and --class-norm recorded neither: they trained without both."""
+    settings = parse_config(["--num-classes", "10", "--class-loss-weight", "0", "--no-class-norm"]).to_dict()
+    del settings["class_loss_weight"], settings["class_norm"]
+    plan = ResumePlan(tmp_path / "old", tmp_path / "old", settings=settings)
+    resumed = resumed_config(parse_config(["--num-classes", "10", "--resume", "latest"]), plan)
+    assert (resumed.num_classes, resumed.class_loss_weight, resumed.class_norm) == (10, 0.0, False)
+    with pytest.raises(SetupError, match="--class-loss-weight 1.0: the run"):
+        resumed_config(parse_config(["--num-classes", "10", "--class-loss-weight", "1", "--resume", "latest"]), plan)
+
+
+@pytest.mark.parametrize(("argv", "expected"), [
+    (["--class-norm"], "--class-norm needs a class-conditional run (--num-classes N)"),
+    (["--class-loss-weight", "1"], "--class-loss-weight 1.0 needs a class-conditional run (--num-classes N)"),
+    (["--num-classes", "10", "--class-loss-weight", "-1"], "--class-loss-weight must be 0 or positive, got -1.0"),
+    (["--num-classes", "10", "--class-loss-weight", "nan"], "--class-loss-weight must be 0 or positive, got nan"),
+    (["--num-classes", "10", "--class-loss-weight", "inf"], "--class-loss-weight must be finite, got inf"),
+])
+def test_bad_class_loss_weights_and_class_norm_are_refused_at_parse_time(argv, expected, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        parse_config(argv)
+    assert exit_info.value.code == 2 and expected in capsys.readouterr().err
+
+
 # ---------------------------------------------------------------- the labelled step, EMA, pictures
 
 
@@ -146,26 +183,38 @@ def _sgd(module: torch.nn.Module) -> torch.optim.SGD:
     return torch.optim.SGD(module.parameters(), lr=0.05)  # linear in the gradients: see tests/test_step.py
 
 
-def _reference_step(generator, discriminator, opt_g, opt_d, real, real_classes, noise, fake_classes):
-    """The chapter's step written out literally, each network given the images' classes."""
+def _reference_step(generator, discriminator, opt_g, opt_d, real, real_classes, noise, fake_classes,
+                    class_loss_weight=0.0):
+    """The chapter's step written out literally, each network given the images' classes; with a class loss weight,
+    AC-GAN's class terms on the real images (D) and on the fakes (G) added."""
     ones, zeros = torch.ones(len(real), dtype=real.dtype), torch.zeros(len(real), dtype=real.dtype)
+
+    def judged(images, classes, target):  # BCE towards target, plus the class term when there is one
+        if not class_loss_weight:
+            return F.binary_cross_entropy_with_logits(discriminator(images, classes), target)
+        logits, class_logits = discriminator(images, classes, classify=True)
+        return (F.binary_cross_entropy_with_logits(logits, target)
+                + class_loss_weight * F.cross_entropy(class_logits, classes))
+
     discriminator.zero_grad()
-    F.binary_cross_entropy_with_logits(discriminator(real, real_classes), ones).backward()
+    judged(real, real_classes, ones).backward()
     fake = generator(noise, fake_classes)
     F.binary_cross_entropy_with_logits(discriminator(fake.detach(), fake_classes), zeros).backward()
     opt_d.step()
     generator.zero_grad()
-    F.binary_cross_entropy_with_logits(discriminator(fake, fake_classes), ones).backward()
+    judged(fake, fake_classes, ones).backward()
     opt_g.step()
 
 
-def test_labelled_train_step_matches_the_chapter_step_with_classes():
+@pytest.mark.parametrize("class_loss_weight", [0.0, 1.5])
+def test_labelled_train_step_matches_the_chapter_step_with_classes(class_loss_weight):
     """Small networks in float64 (a full-size float64 step takes seconds on 2 cores); the same code at any size."""
     latent_dim, width, batch = 16, 8, 16
 
     def networks():
         torch.manual_seed(0)
-        return (Generator(latent_dim, width, CLASSES).double(), Discriminator(width, CLASSES).double())
+        discriminator = Discriminator(width, CLASSES, class_head=class_loss_weight > 0)
+        return (Generator(latent_dim, width, CLASSES).double(), discriminator.double())
 
     generator, discriminator = networks()
     reference = copy.deepcopy(generator), copy.deepcopy(discriminator)
@@ -177,8 +226,8 @@ def test_labelled_train_step_matches_the_chapter_step_with_classes():
         real_classes = torch.randint(0, CLASSES, (batch,))
         noise = torch.randn(batch, latent_dim, dtype=torch.float64)
         fake_classes = step_labels_tensor(0, step, batch, CLASSES, "cpu")
-        metrics = train_step(accelerator, gan, real, noise, 1.0, real_classes, fake_classes)
-        _reference_step(*reference, *ref_opts, real, real_classes, noise, fake_classes)
+        metrics = train_step(accelerator, gan, real, noise, 1.0, real_classes, fake_classes, class_loss_weight)
+        _reference_step(*reference, *ref_opts, real, real_classes, noise, fake_classes, class_loss_weight)
         assert torch.isfinite(metrics).all()
     for ours, theirs in zip((generator, discriminator), reference, strict=True):
         for (name, a), b in zip(ours.state_dict().items(), theirs.state_dict().values(), strict=True):
@@ -201,6 +250,123 @@ def test_the_step_uses_the_classes_it_is_given():
 
     zeros, ones = torch.zeros(16, dtype=torch.long), torch.ones(16, dtype=torch.long)
     assert not torch.equal(metrics_with(zeros), metrics_with(ones))
+
+
+def test_a_class_head_reads_the_projections_features_and_is_added_after_the_others():
+    torch.manual_seed(0)
+    plain = Discriminator(num_classes=CLASSES)
+    torch.manual_seed(0)
+    headed = Discriminator(num_classes=CLASSES, class_head=True)
+    assert set(headed.state_dict()) - set(plain.state_dict()) == {"class_head.weight", "class_head.bias"}
+    for name, value in plain.state_dict().items():  # the same draws before it: only the head is new
+        assert torch.equal(headed.state_dict()[name], value), name
+    images, labels = torch.rand(6, 1, 28, 28) * 2 - 1, torch.arange(6)
+    logits, class_logits = headed(images, labels, classify=True)
+    assert class_logits.shape == (6, CLASSES) and torch.equal(logits, headed(images, labels))
+    features = headed.main[:-1](images).sum(dim=(2, 3))
+    torch.testing.assert_close(class_logits, headed.class_head(features))
+    with pytest.raises(ValueError, match="no class head"):
+        plain(images, labels, classify=True)
+    with pytest.raises(ValueError, match="needs a conditional discriminator"):
+        Discriminator(class_head=True)
+
+
+def test_conditional_batchnorm_starts_as_the_plain_generator_and_conditions_every_batchnorm():
+    torch.manual_seed(0)
+    plain = Generator(num_classes=CLASSES)
+    torch.manual_seed(0)
+    normed = Generator(num_classes=CLASSES, class_norm=True)
+    added = set(normed.state_dict()) - set(plain.state_dict())
+    assert added == {f"class_norm.{i}.{part}.weight" for i in range(3) for part in ("scale", "shift")}
+    assert [normed.class_norm[i].scale.weight.shape for i in range(3)] == [(CLASSES, c) for c in (112, 56, 28)]
+    for name, value in plain.state_dict().items():  # the same draws before it, and none for it
+        assert torch.equal(normed.state_dict()[name], value), name
+    z, labels = torch.randn(6, LATENT_DIM), torch.arange(6)
+    assert torch.equal(normed(z, labels), plain(z, labels))  # zero scale and shift: the plain BatchNorm
+    with torch.no_grad():
+        normed.class_norm[2].shift.weight[3].fill_(0.5)  # class 3's shift in the last BatchNorm
+    moved = (normed(z, labels) != plain(z, labels)).flatten(1).any(1)
+    assert moved.tolist() == [False, False, False, True, False, False]  # only the images of class 3
+    with pytest.raises(ValueError, match="needs a conditional generator"):
+        Generator(class_norm=True)
+
+
+def test_a_class_norm_generator_is_rebuilt_with_it_from_its_weights(tmp_path):
+    torch.manual_seed(0)
+    generator = Generator(16, 8, CLASSES, class_norm=True)
+    with torch.no_grad():
+        for affine in generator.class_norm:
+            affine.scale.weight.normal_(0, 0.3)
+            affine.shift.weight.normal_(0, 0.3)
+    state = plain_state_dict(generator)
+    assert torch.equal(state["class_norm.1.scale.weight"], generator.class_norm[1].scale.weight)
+    ema = GeneratorEMA(generator, decay=0.5, device=torch.device("cpu"))
+    z, labels = torch.randn(4, 16), torch.arange(4)
+    assert torch.equal(ema.model(z, labels), generator.eval()(z, labels))
+    (tmp_path / CONFIG_FILE).write_text(json.dumps({"latent_dim": 16, "base_width": 8, "num_classes": CLASSES}))
+    save_final_generators(tmp_path, generator, None, step=0)
+    loaded, _ = load_generator(tmp_path)
+    assert hasattr(loaded, "class_norm") and torch.equal(loaded(z, labels), generator(z, labels))
+
+
+def _class_loss_gan(weight: float = 1.0, seed: int = 0) -> GAN:
+    torch.manual_seed(seed)
+    generator, discriminator = Generator(16, 8, CLASSES), Discriminator(8, CLASSES, class_head=weight > 0)
+    return GAN(generator, discriminator, _sgd(generator), _sgd(discriminator))
+
+
+def _step_inputs():
+    torch.manual_seed(1)
+    real, noise = torch.rand(32, 1, 28, 28) * 2 - 1, torch.randn(32, 16)
+    return real, noise, torch.arange(32) % CLASSES, step_labels_tensor(0, 0, 32, CLASSES, "cpu")
+
+
+def test_the_d_step_teaches_the_class_head_the_real_images_classes():
+    real, noise, real_classes, fake_classes = _step_inputs()
+    gan = _class_loss_gan()
+    before = copy.deepcopy(gan.discriminator)
+    gan.discriminator_optimizer.zero_grad()
+    # the D step's class term alone, with the same inputs: its gradient is what the head receives
+    _, class_logits = gan.discriminator(real, real_classes, classify=True)
+    F.cross_entropy(class_logits, real_classes).backward()
+    expected = {name: before.class_head.state_dict()[name] - 0.05 * p.grad
+                for name, p in gan.discriminator.class_head.named_parameters()}
+    gan.discriminator_optimizer.zero_grad()
+    train_step(Accelerator(cpu=True), gan, real, noise, 1.0, real_classes, fake_classes, 1.0)
+    for name, value in gan.discriminator.class_head.state_dict().items():
+        # only the real images' cross-entropy reaches the head: the BCE terms do not read it, fakes do not teach it
+        torch.testing.assert_close(value, expected[name], rtol=0, atol=1e-6)
+    with torch.no_grad():  # and the real images' classes became more likely
+        after = F.cross_entropy(gan.discriminator(real, real_classes, classify=True)[1], real_classes)
+        assert after < F.cross_entropy(before(real, real_classes, classify=True)[1], real_classes)
+
+
+def test_the_g_step_adds_the_class_term_and_moves_the_requested_class_up():
+    real, noise, real_classes, fake_classes = _step_inputs()
+
+    def requested_log_probability(generator, discriminator):
+        class_logits = discriminator(generator(noise, fake_classes), fake_classes, classify=True)[1]
+        return class_logits.log_softmax(1).gather(1, fake_classes[:, None]).mean()
+
+    def step(weight):
+        gan = _class_loss_gan(1.0)  # the same two networks, head included, for both weights
+        gan.discriminator_optimizer = torch.optim.SGD(gan.discriminator.parameters(), lr=0.0)  # D stays put
+        initial = copy.deepcopy(gan.generator)
+        metrics = train_step(Accelerator(cpu=True), gan, real, noise, 1.0, real_classes, fake_classes, weight)
+        with torch.no_grad():
+            gained = (requested_log_probability(gan.generator, gan.discriminator)
+                      - requested_log_probability(initial, gan.discriminator))
+            cross_entropies = [F.cross_entropy(gan.discriminator(images, classes, classify=True)[1], classes)
+                               for images, classes in ((real, real_classes),
+                                                       (initial(noise, fake_classes), fake_classes))]
+        return metrics, gained, cross_entropies
+
+    metrics, gained, (real_ce, fake_ce) = step(1.0)
+    metrics_without, gained_without, _ = step(0.0)
+    # d_loss and g_loss each carry weight x their cross-entropy: the real images' and the fakes'
+    torch.testing.assert_close(metrics[0] - metrics_without[0], real_ce, rtol=0, atol=1e-5)
+    torch.testing.assert_close(metrics[1] - metrics_without[1], fake_ce, rtol=0, atol=1e-5)
+    assert gained > 0 and gained > gained_without  # the class term moved the fakes towards their requested classes
 
 
 def test_ema_of_a_conditional_generator_averages_and_restores_its_embedding():
