@@ -249,6 +249,7 @@ def test_corrupt_onnx_file_is_a_clear_error(run: ExportedRun, tmp_path: Path) ->
     assert str(broken) in message and "check_model" in message and "re-export" in message
 
 
+@pytest.mark.slow  # the real export.py process
 def test_corrupt_weights_file_fails_the_cli_with_a_clear_message(run: ExportedRun, tmp_path: Path) -> None:
     run_dir = tmp_path / "damaged"
     run_dir.mkdir()

@@ -252,6 +252,7 @@ def test_export_push_to_hub_exports_writes_the_card_and_uploads_once(run_dir: Pa
     assert f"pushed to https://huggingface.co/{REPO_ID}/commit/{COMMIT}" in capsys.readouterr().out
 
 
+@pytest.mark.slow  # the real export.py process
 def test_export_push_without_a_token_writes_the_local_files_then_fails_in_one_line(tmp_path: Path,
                                                                                      tmp_path_factory) -> None:
     run = copy_run(exported_small_run(tmp_path_factory, 0), tmp_path / "run")
@@ -284,13 +285,17 @@ def test_train_push_to_hub_publishes_at_the_end_and_names_the_retry(run_dir: Pat
     assert f"python export.py {run_dir} --push-to-hub --hub-model-id {REPO_ID}" in message
 
 
-def test_train_push_to_hub_without_a_token_is_refused_before_training(tmp_path: Path) -> None:
-    env = {**os.environ, "HOME": str(tmp_path), "HF_HOME": str(tmp_path / "hf")}
-    env.pop("HF_TOKEN", None)
-    result = subprocess.run([sys.executable, "train_ddp.py", "--push-to-hub", "--output-dir", str(tmp_path / "runs")],
-                            cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
-    assert result.returncode == 2 and "--push-to-hub needs a Hugging Face token" in result.stderr
-    assert not (tmp_path / "runs").exists()
+def test_train_push_to_hub_without_a_token_is_refused_before_training(monkeypatch, capsys) -> None:
+    from gan.config import parse_config
+
+    monkeypatch.setattr(huggingface_hub, "get_token", lambda: None)
+    with pytest.raises(SystemExit) as exited:
+        parse_config(["--push-to-hub", "--hub-model-id", REPO_ID])
+    assert exited.value.code == 2
+    assert "--push-to-hub needs a Hugging Face token" in capsys.readouterr().err
+    monkeypatch.setattr(huggingface_hub, "get_token", lambda: "hf_test_token")
+    config = parse_config(["--push-to-hub", "--hub-model-id", REPO_ID, "--private"])
+    assert (config.push_to_hub, config.hub_model_id, config.private) == (True, REPO_ID, True)
 
 
 # --- OnnxGenerator.from_pretrained: the published model, from the Hugging Face cache

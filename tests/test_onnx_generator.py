@@ -223,6 +223,7 @@ def test_generate_cli_writes_the_npy_batch_by_batch_and_grids_the_first_images(
     assert "--n 51 is more images than a grid shows (at most 50): add --npy" in capsys.readouterr().err
 
 
+@pytest.mark.slow  # two real generate processes, their peak memory measured
 def test_generate_cli_memory_does_not_grow_with_n(run: ExportedRun, tmp_path: Path) -> None:
     """Peak memory (ru_maxrss) of two real processes: twice the images, the same memory give or take a few MB."""
     measure = (
