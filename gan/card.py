@@ -86,6 +86,11 @@ class CardRun:
     def conditional(self) -> bool:
         return self.generator.num_classes > 0
 
+    @property
+    def evaluated(self) -> dict[str, Any] | None:
+        """evaluation.json when it measured the exported weights, else None."""
+        return self.evaluation if measures(self.evaluation, self.weights.which) else None
+
 
 # ------------------------------------------------------------------------------------------------------------
 # Reading the run folder
@@ -129,6 +134,11 @@ def exported_weights(run_dir: Path, report: dict[str, Any] | None, config: dict[
         raise CardError(f"{path} is not a readable safetensors file with JSON metrics ({error}); it is corrupt or "
                         f"truncated: restore it or export the final weights") from None
     return ExportedWeights(which, path, metadata.get("step"), metadata.get("metrics"))
+
+
+def measures(evaluation: dict[str, Any] | None, which: str) -> bool:
+    """Whether an evaluation.json measured the run's ``which`` weights (older files, without "weights": the final)."""
+    return evaluation is not None and evaluation.get("weights", "final") == which
 
 
 def fp16_exported(run_dir: Path, report: dict[str, Any] | None) -> bool:
@@ -192,7 +202,7 @@ def write_samples(run: CardRun) -> Path:
 def eval_results(run: CardRun, model_name: str) -> list[EvalResult]:
     """The headline metrics of evaluation.json as model-index entries (empty before an evaluation); non-finite
     values (a diverged run) are left to the card's text, as YAML has no portable NaN."""
-    if run.evaluation is None:
+    if run.evaluated is None:  # none, or of other weights: results that would misdescribe this model
         return []
     metrics = run.evaluation["metrics"]
     chosen = CARD_METRICS + (CONDITIONAL_CARD_METRICS if run.conditional else ())
@@ -415,6 +425,11 @@ def evaluation_section(run: CardRun) -> str:
         return (f"## Evaluation\n\nNot evaluated yet. `python -m gan.evaluate RUN_DIR` (the run folder) writes "
                 f"`RUN_DIR/{EVALUATION_FILE}`; then `python -m gan.card RUN_DIR` puts its numbers here and in the "
                 f"card's metadata.")
+    if run.evaluated is None:
+        measured, which = run.evaluation.get("weights", "final"), run.weights.which
+        return (f"## Evaluation\n\n`{EVALUATION_FILE}` measured the run's {measured} weights, not the exported "
+                f"{which} ones, so its numbers are not shown here. `python -m gan.evaluate RUN_DIR --weights {which}` "
+                f"measures these; then `python -m gan.card RUN_DIR` puts the numbers here and in the card's metadata.")
     evaluation = run.evaluation
     floor = evaluation.get("real_floor", {}).get("metrics", {})
     rows = "\n".join(f"| `{name}` | {metric_value(value)} | {metric_value(floor.get(name, ''))} |"

@@ -26,7 +26,7 @@ from typing import Any
 
 import torch
 
-from gan.artifacts import CONFIG_FILE, ArtifactError, read_config, versions
+from gan.artifacts import CONFIG_FILE, WEIGHTS, ArtifactError, read_config, versions
 from gan.atomic_write import write_json
 from gan.classifier import (
     CLASSIFIER_WEIGHTS,
@@ -91,6 +91,12 @@ def build_evaluate_parser() -> argparse.ArgumentParser:
         choices=SPLITS,
         help="the real images to compare against; default: the split of the run's config.json, "
         f"else '{FALLBACK_REFERENCE['split']}'",
+    )
+    parser.add_argument(
+        "--weights",
+        default="final",
+        choices=WEIGHTS,
+        help="which generator of a run folder: its final one, or best/ (the lowest FID during training)",
     )
     parser.add_argument("--seed", type=int, default=0, help="seeds the noise, KID subsets and the real halves")
     parser.add_argument(
@@ -286,6 +292,9 @@ def evaluation_problems(args: argparse.Namespace) -> list[str]:
         if getattr(args, name) > bound:
             found.append(f"{flag_name(name)} must be at most {bound}, got {getattr(args, name)}")
     source = source_problem(Path(args.source))
+    if args.weights != "final" and Path(args.source).suffix == ".onnx":
+        found.append(f"--weights chooses among a run folder's generators; {args.source} is one exported model "
+                     f"(export the best weights with python export.py RUN_DIR --weights best)")
     classifier = input_file_problem(args.classifier, "--classifier", "classifier's .safetensors")
     checks = [seed_problem(args.seed), source, classifier]
     if args.json_path or source is None:  # the default lies in or beside the source: not where there is none
@@ -301,7 +310,7 @@ def run_evaluation(argv: list[str]) -> int:
     source = Path(args.source)
     seconds: dict[str, float] = {}
     clock = time.perf_counter()
-    generator = open_generator(source, args.device)
+    generator = open_generator(source, args.device, args.weights)
     exit_with_problems(parser, class_problems(args, generator.num_classes))
     reference = resolve_reference(source, args.data_dir, args.split)
     print(f"comparing against {reference.describe()}", flush=True)
@@ -327,8 +336,9 @@ def run_evaluation(argv: list[str]) -> int:
 
     half = len(evaluator.real) // 2
     conditional = f", conditional on {generator.num_classes} classes" if generator.num_classes else ""
+    which = f" ({args.weights} weights)" if generator.kind == "pytorch" else ""
     print(
-        f"{generator.kind} generator {args.source}{conditional}: {args.n} samples (seed {args.seed}) vs "
+        f"{generator.kind} generator {args.source}{which}{conditional}: {args.n} samples (seed {args.seed}) vs "
         f"{len(evaluator.real)} real '{reference.split}' images; floor: real half vs real half ({half} vs {half})"
     )
     print(format_table(report.metrics, floor))
@@ -341,6 +351,7 @@ def run_evaluation(argv: list[str]) -> int:
     payload: dict[str, Any] = {
         "source": str(args.source),
         "kind": generator.kind,
+        **({"weights": args.weights} if generator.kind == "pytorch" else {}),
         "num_classes": generator.num_classes,
         "samples": args.n,
         "seed": args.seed,

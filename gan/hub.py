@@ -33,6 +33,7 @@ from gan.card import (
     exported_weights,
     exported_which,
     fp16_exported,
+    measures,
     read_json,
     write_card,
 )
@@ -99,6 +100,7 @@ def hub_files(run_dir: Path) -> list[tuple[Path, str]]:
     try:
         report = read_json(run_dir / REPORT_FILE, f"python export.py {run_dir}")
         which = exported_which(run_dir, report)
+        evaluation = read_json(run_dir / EVALUATION_FILE, f"python -m gan.evaluate {run_dir}")
     except CardError as error:
         raise HubError(str(error)) from None
     required = [
@@ -112,7 +114,9 @@ def hub_files(run_dir: Path) -> list[tuple[Path, str]]:
     for path, _, advice in required:
         if not path.is_file():
             raise HubError(f"{path} does not exist, so the run cannot be published: {advice}")
-    optional = [(run_dir / REPORT_FILE, REPORT_FILE), (run_dir / EVALUATION_FILE, EVALUATION_FILE)]
+    optional = [(run_dir / REPORT_FILE, REPORT_FILE)]
+    if measures(evaluation, which):
+        optional.append((run_dir / EVALUATION_FILE, EVALUATION_FILE))  # not another model's numbers
     if fp16_exported(run_dir, report):
         optional.append((fp16_path(run_dir / MODEL_FILE), fp16_path(Path(MODEL_FILE)).name))
     files = [(path, name) for path, name, _ in required] + [(path, name) for path, name in optional if path.is_file()]

@@ -104,13 +104,15 @@ class OpenedGenerator(NamedTuple):
         return images, generation_labels(num_samples, self.num_classes)
 
 
-def open_generator(source: str | os.PathLike, device: str | torch.device = "cpu") -> OpenedGenerator:
-    """A training run folder (kind 'pytorch') or an .onnx file ('onnx'), conditional or not, ready to sample."""
+def open_generator(source: str | os.PathLike, device: str | torch.device = "cpu", weights: str = "final"
+                   ) -> OpenedGenerator:
+    """A training run folder (kind 'pytorch': its ``weights``, "final" or "best") or an .onnx file ('onnx'),
+    conditional or not, ready to sample."""
     source = Path(source)
     if source.suffix == ".onnx":
         sampler, latent_dim, num_classes = onnx_sampler(source)
         return OpenedGenerator(sampler, latent_dim, "onnx", num_classes)
     if not source.is_dir():
         raise ArtifactError(f"{source} is neither a training run folder nor an .onnx file.")
-    generator, config = load_generator(source, device)
+    generator, config = load_generator(source, device, weights)
     return OpenedGenerator(torch_sampler(generator), int(config["latent_dim"]), "pytorch", generator.num_classes)

@@ -166,6 +166,15 @@ def test_card_of_best_weights_gives_their_step_and_fid(unconditional: Path) -> N
     assert "## Exported weights: best" in text
     assert "step 5, FID 33.30 in the in-training evaluation" in text and f"trained to step {FINAL_STEP}" in text
 
+    # an evaluation of the final weights does not describe the exported best ones: not in the metadata, and said
+    evaluation = write_evaluation(unconditional)
+    card = build_card(unconditional)
+    assert not card.data.eval_results and "measured the run's final weights, not the exported best ones" in card.text
+    assert "python -m gan.evaluate RUN_DIR --weights best" in card.text
+    (unconditional / EVALUATION_FILE).write_text(json.dumps({**evaluation, "weights": "best"}))
+    card = build_card(unconditional)
+    assert card.data.eval_results and card.data.eval_results[0].metric_value == evaluation["metrics"]["fid"]
+
 
 def test_cli_writes_the_card_and_names_the_repo(unconditional: Path, capsys: pytest.CaptureFixture) -> None:
     assert main([str(unconditional), "--hub-model-id", REPO_ID]) == 0

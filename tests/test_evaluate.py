@@ -120,6 +120,38 @@ def test_cli_evaluates_a_run_against_its_own_data_and_writes_json(shared_data, t
     assert payload["real_floor"]["metrics"] == pytest.approx(evaluator.real_floor(), rel=1e-4, abs=1e-6)
 
 
+@pytest.mark.slow  # two whole evaluations
+def test_weights_best_evaluates_the_runs_best_generator(shared_data, tmp_path, capsys):
+    from safetensors.torch import load_file, save_file
+
+    from gan.artifacts import GENERATOR_FILE, generator_path
+
+    save_small_run(tmp_path, data_dir=str(shared_data), split="test")
+    flags = ["--n", "200", "--kid-subsets", "2"]
+    assert main([str(tmp_path), "--weights", "best", *flags]) == 1  # no best/ yet: one clear line
+    assert "best/generator.safetensors does not exist" in capsys.readouterr().err
+    best = generator_path(tmp_path, "best")
+    best.parent.mkdir()
+    weights = load_file(str(tmp_path / GENERATOR_FILE))
+    save_file({k: v * 0.5 if k == "main.9.weight" else v for k, v in weights.items()}, str(best))  # another model
+    results = {}
+    for which in ("final", "best"):
+        out = tmp_path / f"{which}.json"
+        assert main([str(tmp_path), "--weights", which, *flags, "--json", str(out)]) == 0
+        assert f"({which} weights)" in capsys.readouterr().out
+        results[which] = json.loads(out.read_text())
+        assert results[which]["weights"] == which
+    assert results["best"]["metrics"]["fid"] != results["final"]["metrics"]["fid"]  # each measured its own model
+
+
+def test_weights_best_of_an_onnx_model_is_refused(tmp_path, capsys):
+    model = tmp_path / "generator.onnx"
+    model.write_bytes(b"onnx")
+    with pytest.raises(SystemExit) as exited:
+        main([str(model), "--weights", "best"])
+    assert exited.value.code == 2 and "--weights chooses among a run folder's generators" in capsys.readouterr().err
+
+
 @pytest.mark.slow  # a whole evaluation: ~10 s on 2 CPU cores
 def test_an_explicit_split_overrides_the_run_config(shared_data, tmp_path, capsys):
     save_small_run(tmp_path, data_dir=str(shared_data), split="train")  # train: not in the shared folder

@@ -64,8 +64,11 @@ def test_stage_holds_exactly_the_published_files(run_dir: Path, tmp_path: Path) 
     for name in PUBLISHED:
         assert (folder / name).read_bytes() == (run_dir / name).read_bytes()
 
-    write_evaluation(run_dir)
+    evaluation = write_evaluation(run_dir)
     assert stage(run_dir, tmp_path / "with-evaluation") == sorted([*PUBLISHED, "evaluation.json"])
+    # an evaluation of other weights than the exported ones is not this model's: not published
+    (run_dir / "evaluation.json").write_text(json.dumps({**evaluation, "weights": "best"}))
+    assert stage(run_dir, tmp_path / "other-evaluation") == PUBLISHED
 
 
 def test_best_weights_are_published_as_generator_safetensors(run_dir: Path, tmp_path: Path) -> None:
