@@ -20,6 +20,7 @@ from gan.models import LABEL_DIM, Generator
 CONFIG_FILE = "config.json"
 GENERATOR_FILE = "generator.safetensors"
 TRAINED_GENERATOR_FILE = "generator_trained.safetensors"  # the raw trained weights, when the EMA ones are the main
+EVALUATION_FILE = "evaluation.json"  # what `python -m gan.evaluate RUN_DIR` writes
 BEST_DIR = "best"  # RUN_DIR/best/generator.safetensors: the generator with the lowest FID so far (--eval-every)
 WEIGHTS = ("final", "best")  # which of a run's generators to load, export or publish
 

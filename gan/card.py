@@ -24,7 +24,15 @@ from huggingface_hub import EvalResult, ModelCard, ModelCardData
 from PIL import Image
 from safetensors import SafetensorError
 
-from gan.artifacts import CONFIG_FILE, WEIGHTS, ArtifactError, generator_path, read_config, read_generator_metadata
+from gan.artifacts import (
+    CONFIG_FILE,
+    EVALUATION_FILE,
+    WEIGHTS,
+    ArtifactError,
+    generator_path,
+    read_config,
+    read_generator_metadata,
+)
 from gan.atomic_write import atomic_path
 from gan.cli import HelpFormatter, exit_with_problems
 from gan.export import DATASET, MODEL_FILE, REPORT_FILE, fp16_path
@@ -34,7 +42,6 @@ from gan.pictures import grid_image
 
 CARD_FILE = "README.md"  # the Hub shows a repo's README.md as its model card
 SAMPLES_FILE = "card_samples.png"
-EVALUATION_FILE = "evaluation.json"  # what `python -m gan.evaluate RUN_DIR` writes
 CARD_SEED = 0
 SAMPLE_SCALE = 3  # screen pixels per image pixel: a 28x28 character is a speck on a web page
 PLACEHOLDER_REPO = "USER/NAME"  # in the usage snippets of a card written before the repo is known

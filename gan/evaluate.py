@@ -26,7 +26,7 @@ from typing import Any
 
 import torch
 
-from gan.artifacts import CONFIG_FILE, WEIGHTS, ArtifactError, read_config, versions
+from gan.artifacts import CONFIG_FILE, EVALUATION_FILE, WEIGHTS, ArtifactError, read_config, versions
 from gan.atomic_write import write_json
 from gan.classifier import (
     CLASSIFIER_WEIGHTS,
@@ -404,7 +404,7 @@ def results_path(args: argparse.Namespace) -> Path:
     source = Path(args.source)
     if args.json_path:
         return Path(args.json_path)
-    return source.with_suffix(".evaluation.json") if source.suffix == ".onnx" else source / "evaluation.json"
+    return source.with_suffix(".evaluation.json") if source.suffix == ".onnx" else source / EVALUATION_FILE
 
 
 def format_table(metrics: dict[str, float], floor: dict[str, float]) -> str:
