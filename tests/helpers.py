@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import pickle
 import socket
 import subprocess
 import sys
@@ -59,7 +60,7 @@ def run_processes(target: Callable, world_size: int, *args, timeout: float = 300
     import torch.multiprocessing as mp
 
     context = mp.get_context("spawn")
-    queue = context.Queue()
+    queue = ByValueQueue(context)
     processes = [context.Process(target=target, args=(rank, world_size, *args, queue)) for rank in range(world_size)]
     for process in processes:
         process.start()
@@ -68,6 +69,21 @@ def run_processes(target: Callable, world_size: int, *args, timeout: float = 300
         process.join(timeout=60)
         assert process.exitcode == 0, f"process exited with {process.exitcode}"
     return results
+
+
+class ByValueQueue:
+    """A multiprocessing queue whose items travel pickled by value. torch's own reductions would send a tensor as a
+    handle to its sender's shared memory, which is gone once the sender exits before the item is read
+    (FileNotFoundError in multiprocessing's resource_sharer): a race that failed a CI run."""
+
+    def __init__(self, context):
+        self._queue = context.Queue()
+
+    def put(self, item) -> None:
+        self._queue.put(pickle.dumps(item))
+
+    def get(self, timeout: float):
+        return pickle.loads(self._queue.get(timeout=timeout))
 
 
 def free_port() -> int:
