@@ -170,9 +170,14 @@ CONDITIONAL_RUN_CONFIG = {"num_classes": CONDITIONAL_NUM_CLASSES, "split": "test
 
 
 def export_small_conditional_run(tmp_path_factory) -> ExportedRun:
-    """:func:`save_small_run` with 10 classes, exported with the real ``export.py --fp16``: made once per pytest
-    session (later calls read it back), for the ``conditional_run`` fixture of each test module that needs one."""
+    """:func:`save_small_run` with 10 classes, exported as ``export.py --fp16`` does (in this process: the
+    ``run`` fixture covers the real command): made once per pytest session (later calls read it back), for the
+    ``conditional_run`` fixture of each test module that needs one."""
+    import contextlib
+    import io
     import shutil
+
+    from gan.export import parse_export_config, run_export
 
     base = tmp_path_factory.getbasetemp() / "conditional-run"
     run_dir = base / "runs" / CONDITIONAL_RUN_NAME
@@ -181,8 +186,10 @@ def export_small_conditional_run(tmp_path_factory) -> ExportedRun:
         shutil.rmtree(base, ignore_errors=True)
         run_dir.mkdir(parents=True)
         save_small_run(run_dir, **CONDITIONAL_RUN_CONFIG)
-        export = run_command([sys.executable, "export.py", str(run_dir), "--fp16"], timeout=300)
-        stdout_file.write_text(export.stdout)
+        printed = io.StringIO()
+        with contextlib.redirect_stdout(printed):
+            run_export(parse_export_config([str(run_dir), "--fp16"]))
+        stdout_file.write_text(printed.getvalue())
     return ExportedRun(run_dir, stdout_file.read_text())
 
 
