@@ -42,7 +42,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from bench_train import cpu_line  # noqa: E402
-from study_runs import Log, elapsed_log, is_finished, train  # noqa: E402
+from study_runs import Log, elapsed_log, is_finished, study_parser, train, write_results  # noqa: E402
 
 from gan.artifacts import CONFIG_FILE, versions  # noqa: E402
 from gan.data import CLASS_CHARACTERS  # noqa: E402
@@ -246,16 +246,8 @@ def report(results: dict[tuple[str, int], dict], variants: list[str], seeds: lis
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--variants", nargs="+", default=DEFAULT_VARIANTS, choices=list(VARIANTS))
-    parser.add_argument("--data-dir", default=str(ROOT.parent / "shared" / "data"))
-    parser.add_argument("--work-dir", type=Path, default=Path("/tmp/conditional_study"),
-                        help="run folders and training logs go here; finished runs are reused")  # fmt: skip
-    parser.add_argument("--n", type=int, default=10_000, help="samples per generator")
-    parser.add_argument("--eval-seed", type=int, default=0, help="seeds the latent noise (the same for all)")
-    parser.add_argument("--retrain", action="store_true", help="train again even where a finished run exists")
-    parser.add_argument("--out", type=Path, help="write every number (per run, per class, timings) as JSON here")
+    parser = study_parser(__doc__, list(VARIANTS), DEFAULT_VARIANTS, "/tmp/conditional_study",
+                          "per run, per class, timings")
     args = parser.parse_args()
     args.work_dir = args.work_dir.resolve()
     args.work_dir.mkdir(parents=True, exist_ok=True)
@@ -298,9 +290,7 @@ def main() -> None:
     timing = ", ".join(f"{v} {statistics.fmean(s):.0f} s/run" for v, s in train_seconds.items() if s)
     print(f"\ntraining: {timing or 'all runs reused'}; total {total / 60:.1f} min")
     if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        payload = {
-            "command": "python " + shlex.join(sys.argv),
+        write_results(args.out, {
             "cpu": cpu,
             "seeds": args.seeds,
             "variants": {v: VARIANTS[v] for v in variants},
@@ -310,9 +300,7 @@ def main() -> None:
             "runs": list(results.values()),
             "total_seconds": total,
             "versions": versions(),
-        }
-        args.out.write_text(json.dumps(payload, indent=2) + "\n")
-        print(f"wrote {args.out}")
+        })
 
 
 if __name__ == "__main__":

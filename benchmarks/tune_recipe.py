@@ -58,7 +58,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # literal_port.py, study_runs.py
 
-from study_runs import elapsed_log, is_finished, train  # noqa: E402
+from study_runs import elapsed_log, is_finished, study_parser, train, write_results  # noqa: E402
 
 from gan.artifacts import (  # noqa: E402
     CONFIG_FILE,
@@ -335,18 +335,9 @@ def report(results: list[dict], variants: list[str], seeds: list[int], floor: di
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--variants", nargs="+", default=DEFAULT_VARIANTS, choices=list(VARIANTS))
-    parser.add_argument("--data-dir", default=str(ROOT.parent / "shared" / "data"))
-    parser.add_argument("--work-dir", type=Path, default=Path("/tmp/tune_recipe"),
-                        help="run folders and training logs go here; finished runs are reused")
+    parser = study_parser(__doc__, list(VARIANTS), DEFAULT_VARIANTS, "/tmp/tune_recipe", "per run, means, timings")
     parser.add_argument("--mixed-precision", default="no", choices=("no", "bf16"),
                         help="precision of the project variants' training (the literal port is always fp32)")
-    parser.add_argument("--n", type=int, default=10_000, help="samples per generator")
-    parser.add_argument("--eval-seed", type=int, default=0, help="seeds the latent noise (the same for all)")
-    parser.add_argument("--retrain", action="store_true", help="train again even where a finished run exists")
-    parser.add_argument("--out", type=Path, help="write every number (per run, means, timings) as JSON here")
     parser.add_argument("--one-literal", choices=("literal", "literal-signed"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     args.work_dir = args.work_dir.resolve()
@@ -391,9 +382,7 @@ def main() -> None:
     timing = ", ".join(f"{v} {statistics.fmean(s):.0f} s/run" for v, s in train_seconds.items())
     print(f"\ntraining: {timing or 'all runs reused'}; total {total / 60:.1f} min")
     if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        payload = {
-            "command": "python " + shlex.join(sys.argv),
+        write_results(args.out, {
             "seeds": args.seeds,
             "variants": {v: VARIANTS[v][2] for v in variants},
             "mixed_precision": args.mixed_precision,
@@ -405,9 +394,7 @@ def main() -> None:
             "train_seconds": train_seconds,
             "total_seconds": total,
             "versions": versions(),
-        }
-        args.out.write_text(json.dumps(payload, indent=2) + "\n")
-        print(f"wrote {args.out}")
+        })
 
 
 if __name__ == "__main__":
