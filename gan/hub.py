@@ -24,10 +24,9 @@ except ImportError:  # requests' errors, which are OSErrors
     HTTPError = OSError
 from huggingface_hub.utils import validate_repo_id
 
-from gan.artifacts import CONFIG_FILE, GENERATOR_FILE, generator_path
+from gan.artifacts import CONFIG_FILE, EVALUATION_FILE, GENERATOR_FILE, generator_path
 from gan.card import (
     CARD_FILE,
-    EVALUATION_FILE,
     SAMPLES_FILE,
     CardError,
     exported_weights,

@@ -312,7 +312,7 @@ def write_evaluation(run_dir: Path, conditional: bool = False) -> dict:
     distinct numbers, so that each can be found again; the real evaluation needs the data and a minute."""
     import json
 
-    from gan.card import EVALUATION_FILE
+    from gan.artifacts import EVALUATION_FILE
 
     metrics = {"fid": 41.5, "kid": 12.25, "kid_std": 1.5, "classifier_score": 7.5, "class_coverage": 0.953,
                "confident_share": 0.8, "precision": 0.625, "recall": 0.4375}

@@ -13,10 +13,10 @@ from huggingface_hub import ModelCard, ModelCardData, metadata_load
 from PIL import Image
 from safetensors.torch import load_file, save_file
 
+from gan.artifacts import EVALUATION_FILE
 from gan.card import (
     CARD_FILE,
     CONDITIONAL_TAG,
-    EVALUATION_FILE,
     SAMPLE_SCALE,
     SAMPLES_FILE,
     TAGS,
