@@ -12,12 +12,14 @@ per-seed numbers, the conditional model's per-class results, whether the issue's
 >= 0.95 and FID no worse than the unconditional default's) and the CPU it ran on.
 
 Variants (``VARIANTS``): ``unconditional`` (the defaults) and ``conditional`` (the defaults with
-``--num-classes 10``: conditional BatchNorm in the generator and the auxiliary class loss, weight 0.1). Both start
-from the same seed; only the conditional model's extra modules differ. Ablations: ``conditional-class-norm-only``,
-``conditional-class-loss-only`` and ``conditional-projection-only`` (neither: the conditional model before them);
-``conditional-class-loss-W`` and ``conditional-class-loss-only-W`` other class loss weights W. Beyond the chapter's
-budget, not run unless named: ``conditional-20-epochs`` (4x the steps), to see whether class accuracy is a matter of
-budget. Runs already finished under ``--work-dir`` are reused unless ``--retrain`` is given.
+``--num-classes 10``: the matching-aware loss, the auxiliary class loss, conditional BatchNorm and the conditional
+learning rates). Both start from the same seed; only the conditional model's extra modules differ. Ablations, each
+the conditional defaults less one part: ``conditional-no-mismatch``, ``conditional-unconditional-rates``,
+``conditional-no-class-loss``, ``conditional-no-class-norm``; screened on one seed: ``conditional-mismatch-W``
+and ``conditional-lr-generator-8e-3``. ``conditional-before`` is the conditional default before the matching-aware
+loss and the conditional rates (``BEFORE``), and the earlier study's ablations keep their names with it
+(``conditional-class-norm-only``, ...; ``conditional-20-epochs``: 4x the steps). Runs already finished under
+``--work-dir`` are reused unless ``--retrain`` is given.
 
 Besides the evaluator's metrics, each conditional run records ``class_accuracy_confident``: the class accuracy
 among the samples the classifier recognises with confidence (top probability > 0.9, the ``confident_share``), which
@@ -51,17 +53,30 @@ from gan.samplers import open_generator  # noqa: E402
 
 EPOCHS, BATCH_SIZE = 5, 128  # the chapter's budget
 TARGET_CLASS_ACCURACY = 0.95
+CONDITIONAL = ["--num-classes", "10"]
+# The conditional defaults before the matching-aware loss and the conditional learning rates: the earlier
+# ablations below keep their meaning with these flags.
+BEFORE = ["--mismatch-loss-weight", "0", "--lr-generator", "2e-3", "--lr-discriminator", "4e-4"]
 VARIANTS: dict[str, list[str]] = {  # variant -> train_ddp.py flags beyond the study's common ones
     "unconditional": [],
-    "conditional": ["--num-classes", "10"],  # the defaults: conditional BatchNorm and class loss 0.1
-    "conditional-class-norm-only": ["--num-classes", "10", "--class-loss-weight", "0"],
-    "conditional-class-loss-only": ["--num-classes", "10", "--no-class-norm"],
-    "conditional-projection-only": ["--num-classes", "10", "--no-class-norm", "--class-loss-weight", "0"],  # before
-    # class loss weights, screened with seed 0 (docs/conditional.md)
-    **{f"conditional-class-loss-{w}": ["--num-classes", "10", "--class-loss-weight", w] for w in ("0.25", "0.5")},
-    **{f"conditional-class-loss-only-{w}": ["--num-classes", "10", "--no-class-norm", "--class-loss-weight", w]
+    # the defaults: matching-aware loss 1, class loss 0.1, conditional BatchNorm, learning rates 4e-3 / 1.6e-3
+    "conditional": CONDITIONAL,
+    "conditional-no-mismatch": [*CONDITIONAL, "--mismatch-loss-weight", "0"],
+    "conditional-unconditional-rates": [*CONDITIONAL, "--lr-generator", "2e-3", "--lr-discriminator", "4e-4"],
+    "conditional-no-class-loss": [*CONDITIONAL, "--class-loss-weight", "0"],
+    "conditional-no-class-norm": [*CONDITIONAL, "--no-class-norm"],
+    # matching-aware loss weights and rates, screened with seed 0 (docs/conditional.md)
+    **{f"conditional-mismatch-{w}": [*CONDITIONAL, "--mismatch-loss-weight", w] for w in ("0.5", "2")},
+    "conditional-lr-generator-8e-3": [*CONDITIONAL, "--lr-generator", "8e-3"],
+    # before: the conditional default of the earlier study, and its ablations
+    "conditional-before": [*CONDITIONAL, *BEFORE],
+    "conditional-class-norm-only": [*CONDITIONAL, *BEFORE, "--class-loss-weight", "0"],
+    "conditional-class-loss-only": [*CONDITIONAL, *BEFORE, "--no-class-norm"],
+    "conditional-projection-only": [*CONDITIONAL, *BEFORE, "--no-class-norm", "--class-loss-weight", "0"],
+    **{f"conditional-class-loss-{w}": [*CONDITIONAL, *BEFORE, "--class-loss-weight", w] for w in ("0.25", "0.5")},
+    **{f"conditional-class-loss-only-{w}": [*CONDITIONAL, *BEFORE, "--no-class-norm", "--class-loss-weight", w]
        for w in ("0.5", "1", "2")},
-    "conditional-20-epochs": ["--num-classes", "10", "--epochs", "20"],  # the last --epochs wins
+    "conditional-20-epochs": [*CONDITIONAL, *BEFORE, "--epochs", "20"],  # the last --epochs wins
 }
 DEFAULT_VARIANTS = ["unconditional", "conditional"]
 TRAINING_CODE = ("train_ddp.py", *(f"gan/{name}.py" for name in (

@@ -11,7 +11,7 @@
 # imports torch and initialises CUDA takes about 10 s; the project's step about 4 ms on an H100 (a few hundred
 # kernel launches, CPU-bound); torch.compile about 60 s per process; two spawned ranks about 15 s.
 #   1. environment: GPU, driver, torch, CUDA                                              limit  30 s, estimate   5 s
-#   2. pytest -m gpu (tests/test_gpu.py), 18 tests:                                       limit 330 s, estimate 270 s
+#   2. pytest -m gpu (tests/test_gpu.py and two in test_conditional.py), 20 tests:        limit 330 s, estimate 270 s
 #      nn.SyncBatchNorm over gloo, two ranks on one GPU, vs one BatchNorm2d: fp32/fp16/bf16 x train/frozen/eval
 #      (9 x 15 s); fp16 skipped steps vs the loss-scale history (15 s); no sync between sync points in fp32/bf16/fp16,
 #      by CUDA's sync debug mode (3 x 15 s); 1 vs 2 ranks in float64 within 1e-4 (30 s); a 2-rank checkpoint

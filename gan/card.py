@@ -309,8 +309,9 @@ def recipe_section(run: CardRun) -> str:
         ("latent size / base width", f"{value('latent_dim')} / {value('base_width')}"),
     ]
     if config.get("num_classes"):  # what the conditional model adds to the chapter's (gan/models.py)
-        rows.append(("class loss weight / conditional BatchNorm",
-                     f"{value('class_loss_weight', '0')} / {'on' if config.get('class_norm') else 'off'}"))
+        rows.append(("class loss weight / mismatch loss weight / conditional BatchNorm",
+                     f"{value('class_loss_weight', '0')} / {value('mismatch_loss_weight', '0')} / "
+                     f"{'on' if config.get('class_norm') else 'off'}"))
     table = "\n".join(f"| {name} | {setting} |" for name, setting in rows)
     return (f"## Training recipe\n\nFrom the run's `{CONFIG_FILE}` (every setting, the devices and library versions; "
             f"published with the model):\n\n| setting | value |\n|---|---|\n{table}")

@@ -60,7 +60,7 @@ RESOLVED_PER_LAUNCH = ("channels_last", "cpu_kernels", "sync_bn")
 _NOT_SETTINGS = ("resume", "run_name", "output_dir", "given", "lr")  # lr: compared through the per-network rates
 # Defining settings that runs from before their flag did not record, with the value those runs trained with (today's
 # default may differ): a resumed older run keeps its model.
-UNRECORDED_BEFORE = {"class_loss_weight": 0.0, "class_norm": False}
+UNRECORDED_BEFORE = {"class_loss_weight": 0.0, "class_norm": False, "mismatch_loss_weight": 0.0}
 
 
 @dataclass

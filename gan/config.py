@@ -28,6 +28,10 @@ MIXED_PRECISION = ("no", "fp16", "bf16")
 # no momentum and a short second-moment memory (betas (0, 0.9)), and a generator that learns 5x faster.
 LR_GENERATOR = 2e-3
 LR_DISCRIMINATOR = 4e-4
+# A class-conditional run's discriminator has more to learn (is this image of this class?), and both networks
+# measurably do better at the chapter's budget when both learn faster (docs/conditional.md).
+LR_GENERATOR_CONDITIONAL = 4e-3
+LR_DISCRIMINATOR_CONDITIONAL = 1.6e-3
 BETA1 = 0.0
 BETA2 = 0.9
 # Upper bounds that keep a typo from allocating gigabytes or overflowing a library call late in the run.
@@ -38,6 +42,9 @@ MAX_EVAL_SAMPLES = 100_000
 # Weight of a conditional run's auxiliary classification loss (AC-GAN) unless --class-loss-weight says otherwise:
 # measured at the chapter's budget in docs/conditional.md (benchmarks/conditional_study.py).
 CLASS_LOSS_WEIGHT = 0.1
+# Weight of a conditional run's matching-aware loss (real images shown with a wrong class, labelled fake) unless
+# --mismatch-loss-weight says otherwise: measured there too.
+MISMATCH_LOSS_WEIGHT = 1.0
 
 
 # --help lists the flags in these groups, in this order.
@@ -91,13 +98,16 @@ class TrainConfig:
     lr_generator: float | None = field(
         default=None,
         metadata=field_flag(
-            f"Adam learning rate of the generator (default: --lr if given, else {LR_GENERATOR})", group="optimizer"
+            f"Adam learning rate of the generator (default: --lr if given, else {LR_GENERATOR}; "
+            f"{LR_GENERATOR_CONDITIONAL} with --num-classes)",
+            group="optimizer",
         ),
     )
     lr_discriminator: float | None = field(
         default=None,
         metadata=field_flag(
-            f"Adam learning rate of the discriminator (default: --lr if given, else {LR_DISCRIMINATOR})",
+            f"Adam learning rate of the discriminator (default: --lr if given, else {LR_DISCRIMINATOR}; "
+            f"{LR_DISCRIMINATOR_CONDITIONAL} with --num-classes)",
             group="optimizer",
         ),
     )
@@ -132,6 +142,16 @@ class TrainConfig:
             "discriminator learns the real images' classes, and the generator is rewarded when it reads its "
             f"samples as the requested class (default: {CLASS_LOSS_WEIGHT} with --num-classes, else 0; "
             "0: no class head)",
+            group="model",
+        ),
+    )
+    mismatch_loss_weight: float | None = field(
+        default=None,
+        metadata=field_flag(
+            "weight of the matching-aware loss of a class-conditional run (Reed et al. 2016): the discriminator "
+            "also sees each real image with a wrong class and learns to call that pair fake, so that the "
+            f"generator must draw the class it is asked for (default: {MISMATCH_LOSS_WEIGHT} with --num-classes, "
+            "else 0)",
             group="model",
         ),
     )
@@ -303,14 +323,18 @@ class TrainConfig:
     given: frozenset[str] = field(default=frozenset(), compare=False, repr=False)
 
     def __post_init__(self) -> None:
-        # per-network rates: their own flag, else --lr, else the measured defaults
+        # per-network rates: their own flag, else --lr, else the measured defaults (a conditional run's own)
         if self.lr_generator is None:
-            self.lr_generator = self.lr if self.lr is not None else LR_GENERATOR
+            default = LR_GENERATOR_CONDITIONAL if self.num_classes else LR_GENERATOR
+            self.lr_generator = self.lr if self.lr is not None else default
         if self.lr_discriminator is None:
-            self.lr_discriminator = self.lr if self.lr is not None else LR_DISCRIMINATOR
-        # a conditional run's measured defaults; the chapter's model has neither
+            default = LR_DISCRIMINATOR_CONDITIONAL if self.num_classes else LR_DISCRIMINATOR
+            self.lr_discriminator = self.lr if self.lr is not None else default
+        # a conditional run's measured defaults; the chapter's model has none of them
         if self.class_loss_weight is None:
             self.class_loss_weight = CLASS_LOSS_WEIGHT if self.num_classes else 0.0
+        if self.mismatch_loss_weight is None:
+            self.mismatch_loss_weight = MISMATCH_LOSS_WEIGHT if self.num_classes else 0.0
         if self.class_norm is None:
             self.class_norm = bool(self.num_classes)
 
@@ -329,7 +353,7 @@ class TrainConfig:
         )
         found = at_least_one({name: getattr(self, name) for name in positive})
         for name in ("lr", "lr_generator", "lr_discriminator", "beta1", "beta2", "real_label", "ema_decay",
-                     "class_loss_weight"):
+                     "class_loss_weight", "mismatch_loss_weight"):
             value = getattr(self, name)
             if value is not None and math.isinf(value):
                 found.append(f"{flag_name(name)} must be finite, got {value}")
@@ -361,6 +385,12 @@ class TrainConfig:
         elif self.class_loss_weight and not self.num_classes:
             found.append(f"--class-loss-weight {self.class_loss_weight} needs a class-conditional run (--num-classes "
                          f"N): the chapter's unconditional model has no classes to learn; drop the flag")
+        if not self.mismatch_loss_weight >= 0:  # also NaN
+            found.append(f"--mismatch-loss-weight must be 0 or positive, got {self.mismatch_loss_weight}")
+        elif self.mismatch_loss_weight and not self.num_classes:
+            found.append(f"--mismatch-loss-weight {self.mismatch_loss_weight} needs a class-conditional run "
+                         f"(--num-classes N): the chapter's unconditional model has no classes to mismatch; drop "
+                         f"the flag")
         if self.class_norm and not self.num_classes:
             found.append("--class-norm needs a class-conditional run (--num-classes N); drop the flag")
         if self.max_steps < 0:

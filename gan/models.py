@@ -100,8 +100,10 @@ class ClassAffine(nn.Module):
 
 class Discriminator(nn.Module):
     """images [N, 1, 28, 28] (and, if conditional, labels int64 [N]) -> logits [N] (no Sigmoid: the loss is
-    BCE-with-logits). With ``class_head`` (conditional only) and ``classify=True``: (logits [N], class logits
-    [N, num_classes]), the class head's reading of each image, for the auxiliary classification loss."""
+    BCE-with-logits). Conditional labels int64 [N, K] judge each image with K classes in one pass: logits [N, K]
+    (the matching-aware loss shows a real image with its class and with a wrong one). With ``class_head``
+    (conditional only) and ``classify=True``: (logits, class logits [N, num_classes]), the class head's reading of
+    each image, for the auxiliary classification loss."""
 
     def __init__(self, base_width: int = BASE_WIDTH, num_classes: int = 0, class_head: bool = False):
         super().__init__()
@@ -135,8 +137,12 @@ class Discriminator(nn.Module):
             raise ValueError(f"this discriminator is conditional on {self.num_classes} classes: pass labels [N]")
         features = self.main[:-1](images)  # (N, 112, 3, 3): what the chapter's last layer reads
         summed = features.sum(dim=(2, 3))  # (N, 112)
-        projected = (self.projection(labels).to(features.dtype) * summed).sum(dim=1)
-        logits = self.main[-1](features).flatten() + projected
+        unconditional = self.main[-1](features).flatten()  # (N,)
+        if labels.dim() == 2:  # K classes per image: one pass through the layers, a projection per class
+            projected = (self.projection(labels).to(features.dtype) * summed[:, None, :]).sum(dim=2)  # (N, K)
+            logits = unconditional[:, None] + projected
+        else:
+            logits = unconditional + (self.projection(labels).to(features.dtype) * summed).sum(dim=1)
         if not classify:
             return logits
         if not hasattr(self, "class_head"):

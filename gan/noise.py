@@ -18,6 +18,7 @@ PURPOSES = {"step": 1, "grid": 2, "samples": 3, "verify": 4}
 GRID_SIZE = 64  # the chapter's fixed grid: 64 noise vectors, shown 8x8
 GRID_COLUMNS = 8  # images a row in every grid: the chapter's 8x8, or a conditional generator's 8 of each class
 LABELS = 5  # the stream of the training steps' fake-image labels (not a latent-noise purpose)
+LABEL_OFFSETS = 6  # the stream of the offsets to the wrong classes of the real images (matching-aware loss)
 # The largest seed a run can have (torch.manual_seed takes 64-bit seeds; gan.config bounds --seed the same way).
 # Every command accepts the same range, so any run's seed can be passed to generation and evaluation.
 MAX_SEED = 2**63 - 1
@@ -84,10 +85,27 @@ def step_labels(seed: int, step: int, global_batch_size: int, num_classes: int, 
     Drawn like :func:`step_noise` for the whole global batch from (seed, step), in a stream of their own, so any
     number of processes sees the same labels.
     """
-    generator = np.random.Generator(np.random.PCG64(np.random.SeedSequence([int(seed), LABELS, int(step)])))
-    labels = generator.integers(0, num_classes, size=global_batch_size, dtype=np.int64)
+    return _step_integers(seed, LABELS, step, 0, num_classes, global_batch_size, process_index, num_processes)
+
+
+def step_label_offsets(seed: int, step: int, global_batch_size: int, num_classes: int, process_index: int = 0,
+                       num_processes: int = 1) -> np.ndarray:
+    """This process's share of step ``step``'s label offsets, int64, uniform over 1..num_classes - 1: a real image
+    of class c is shown to the matching-aware discriminator with the wrong class (c + offset) % num_classes.
+
+    Drawn for the whole global batch from (seed, step) in a stream of their own, and sharded like the images.
+    """
+    return _step_integers(seed, LABEL_OFFSETS, step, 1, num_classes, global_batch_size, process_index,
+                          num_processes)
+
+
+def _step_integers(seed: int, stream: int, step: int, low: int, high: int, global_batch_size: int,
+                   process_index: int, num_processes: int) -> np.ndarray:
+    """This process's contiguous share of (seed, stream, step)'s global batch of integers in [low, high)."""
+    generator = np.random.Generator(np.random.PCG64(np.random.SeedSequence([int(seed), stream, int(step)])))
+    values = generator.integers(low, high, size=global_batch_size, dtype=np.int64)
     local = global_batch_size // num_processes
-    return labels[process_index * local : (process_index + 1) * local]
+    return values[process_index * local : (process_index + 1) * local]
 
 
 def grid_inputs(seed: int, purpose: str, latent_dim: int, num_classes: int = 0
@@ -146,13 +164,32 @@ def step_labels_tensor(seed: int, step: int, global_batch_size: int, num_classes
     :func:`step_labels` on the CPU; on an accelerator drawn there from (seed, step), like :func:`step_noise_tensor`,
     so that the host never waits for the device. Either way the whole global batch depends only on (seed, step).
     """
+    return _step_integers_tensor(seed, LABELS, step, 0, num_classes, global_batch_size, device, process_index,
+                                 num_processes)
+
+
+def wrong_labels_tensor(seed: int, step: int, labels, global_batch_size: int, num_classes: int, device,
+                        process_index: int = 0, num_processes: int = 1):
+    """For this process's real labels int64 [B] of step ``step``, a wrong class for each, int64 [B] on ``device``:
+    (label + offset) % num_classes with the offsets of :func:`step_label_offsets` (drawn on an accelerator like
+    :func:`step_labels_tensor`), so any number of processes pairs each image with the same wrong class."""
+    offsets = _step_integers_tensor(seed, LABEL_OFFSETS, step, 1, num_classes, global_batch_size, device,
+                                    process_index, num_processes)
+    return (labels + offsets.to(labels.device)) % num_classes
+
+
+def _step_integers_tensor(seed: int, stream: int, step: int, low: int, high: int, global_batch_size: int, device,
+                          process_index: int, num_processes: int):
+    """:func:`_step_integers` as an int64 torch tensor: drawn with numpy on the CPU, on an accelerator by its own
+    generator seeded from (seed, stream, step). (torch is imported here only: see :func:`step_noise_tensor`.)"""
     import torch
 
     device = torch.device(device)
     if device.type == "cpu":
-        return torch.from_numpy(step_labels(seed, step, global_batch_size, num_classes, process_index, num_processes))
-    generator = _device_generator(device, seed, LABELS, step)
-    whole = torch.randint(0, num_classes, (global_batch_size,), generator=generator, device=device)
+        return torch.from_numpy(_step_integers(seed, stream, step, low, high, global_batch_size, process_index,
+                                               num_processes))
+    generator = _device_generator(device, seed, stream, step)
+    whole = torch.randint(low, high, (global_batch_size,), generator=generator, device=device)
     local = global_batch_size // num_processes
     return whole[process_index * local : (process_index + 1) * local]
 

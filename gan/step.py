@@ -62,7 +62,8 @@ def _cross_entropy(class_logits: torch.Tensor, classes: torch.Tensor) -> torch.T
 
 def train_step(accelerator: Accelerator, gan: GAN, real: torch.Tensor, noise: torch.Tensor,
                real_label: float = 1.0, real_classes: torch.Tensor | None = None,
-               fake_classes: torch.Tensor | None = None, class_loss_weight: float = 0.0) -> torch.Tensor:
+               fake_classes: torch.Tensor | None = None, class_loss_weight: float = 0.0,
+               wrong_classes: torch.Tensor | None = None, mismatch_loss_weight: float = 0.0) -> torch.Tensor:
     """One D step then one G step on this process's share of the batch, without waiting for the device.
 
     ``real_label`` < 1 is one-sided label smoothing: the D step's target for real images (the G step keeps 1).
@@ -73,9 +74,14 @@ def train_step(accelerator: Accelerator, gan: GAN, real: torch.Tensor, noise: to
     weight x cross-entropy of the class head on the fakes and the requested classes. The head learns classes from
     real images only: taught on fakes too (the AC-GAN paper's choice), it also learns whatever marks the generator
     leaves on a class's fakes and rewards them instead of the character (measured worse: docs/conditional.md).
+    ``mismatch_loss_weight`` > 0 (conditional only, with ``wrong_classes``: a wrong class for each real image) makes
+    D matching-aware (Reed et al. 2016): the D step adds weight x BCE of D's verdict on the real images shown with
+    their wrong class, labelled fake, so that D must check that an image shows its class, and G is pushed to
+    draw the class it was asked for. The real images pass through D once for both classes.
 
     Returns this process's detached metrics (order of ``STEP_METRICS``) on the training device: d_loss and g_loss
-    (each with its class term, if any), the mean probabilities D(x) and D(G(z)) seen by the D step, and how many of
+    (each with its class and mismatch terms, if any), the mean probabilities D(x) (with their own class) and
+    D(G(z)) seen by the D step, and how many of
     the two optimizer steps fp16 loss scaling skipped. Nothing here reads a value back to the host, so the host can
     queue the next step at once.
     """
@@ -83,15 +89,24 @@ def train_step(accelerator: Accelerator, gan: GAN, real: torch.Tensor, noise: to
 
     # (1) Update D: maximize log D(x) + log(1 - D(G(z)))
     #     (+ weight x cross-entropy of D's class head on the real images, if AC-GAN)
+    #     (+ weight x log(1 - D(x, wrong class)), if matching-aware)
+    mismatch = bool(mismatch_loss_weight)
+    if mismatch and wrong_classes is None:
+        raise ValueError("a matching-aware D step (mismatch_loss_weight > 0) needs wrong_classes")
+    judged = torch.stack([real_classes, wrong_classes], dim=1) if mismatch else real_classes  # (B, 2) or (B,)
     if class_loss_weight:
-        real_logits, real_class_logits = gan.discriminator(real, real_classes, classify=True)  # (B,), (B, classes)
+        real_logits, real_class_logits = gan.discriminator(real, judged, classify=True)  # (B[, 2]), (B, classes)
     else:
-        real_logits = gan.discriminator(real, real_classes)  # (B,)
+        real_logits = gan.discriminator(real, judged)  # (B[, 2])
+    if mismatch:
+        real_logits, wrong_logits = real_logits.unbind(dim=1)  # (B,), (B,)
     fake = gan.generator(noise, fake_classes)  # (B, 1, 28, 28)
     fake_logits = gan.discriminator(fake.detach(), fake_classes)  # (B,)
     d_loss = _bce(real_logits, real_label) + _bce(fake_logits, 0.0)
     if class_loss_weight:
         d_loss = d_loss + class_loss_weight * _cross_entropy(real_class_logits, real_classes)
+    if mismatch:
+        d_loss = d_loss + mismatch_loss_weight * _bce(wrong_logits, 0.0)
     # One backward for both halves: the same gradient as two, and one DDP all-reduce instead of two.
     gan.discriminator_optimizer.zero_grad(set_to_none=True)
     accelerator.backward(d_loss)

@@ -58,7 +58,7 @@ from gan.data import (
 from gan.devices import cpu_description, make_accelerator, resolve_for_device, set_tf32
 from gan.ema import GeneratorEMA
 from gan.models import Discriminator, Generator
-from gan.noise import grid_inputs, step_labels_tensor, step_noise_tensor
+from gan.noise import grid_inputs, step_labels_tensor, step_noise_tensor, wrong_labels_tensor
 from gan.paths import output_dir_problem
 from gan.preemption import StopRequest
 from gan.samplers import generate, generation_labels, torch_sampler
@@ -162,12 +162,16 @@ def train(config: TrainConfig) -> TrainerState:
                     samples.real = to_uint8(real[:REAL_SAMPLES, 0])  # the main process holds the batch's head
                 noise = step_noise_tensor(config.seed, state.step, config.batch_size, config.latent_dim, device,
                                           dtype, accelerator.process_index, accelerator.num_processes)
-                fake_classes = None
+                fake_classes = wrong_classes = None
                 if config.num_classes:  # the classes the generator is asked for: like the noise, from (seed, step)
                     fake_classes = step_labels_tensor(config.seed, state.step, config.batch_size, config.num_classes,
                                                       device, accelerator.process_index, accelerator.num_processes)
+                if config.mismatch_loss_weight:  # a wrong class for each real image, also from (seed, step)
+                    wrong_classes = wrong_labels_tensor(config.seed, state.step, real_classes, config.batch_size,
+                                                        config.num_classes, device, accelerator.process_index,
+                                                        accelerator.num_processes)
                 metrics = train_step(accelerator, gan, real, noise, config.real_label, real_classes, fake_classes,
-                                     config.class_loss_weight)
+                                     config.class_loss_weight, wrong_classes, config.mismatch_loss_weight)
                 state.step += 1
                 state.batch_in_epoch += 1
                 pending.add(state.step, state.epoch, metrics)

@@ -147,7 +147,7 @@ def save_small_run(run_dir: Path, **config: object):
             affine.scale.weight.normal_(0, 0.2)
             affine.shift.weight.normal_(0, 0.2)
     generator.eval()
-    conditional = {"class_norm": True, "class_loss_weight": 0.1} if num_classes else {}  # as training records them
+    conditional = {"class_norm": True, "class_loss_weight": 0.1, "mismatch_loss_weight": 1.0} if num_classes else {}
     write_json(run_dir / CONFIG_FILE, {"latent_dim": SMALL_LATENT_DIM, "base_width": SMALL_BASE_WIDTH, **conditional,
                                        **config})
     if num_classes:  # with the safetensors metadata a finished conditional run writes (num_classes, class names)

@@ -141,7 +141,8 @@ def test_conditional_card_has_its_labels_classes_and_class_accuracy(conditional:
     text = card.text
     assert "| input | `labels` | int64 | [batch] |" in text and "class-conditional" in text
     assert "3 つ (tsu)" in text and 'labels="つ"' in text and "--label つ" in text
-    assert "| classes | 10 |" in text and "| class loss weight / conditional BatchNorm | 0.1 / on |" in text
+    assert "| classes | 10 |" in text
+    assert "| class loss weight / mismatch loss weight / conditional BatchNorm | 0.1 / 1.0 / on |" in text
 
     # One row per class, 8 images each: the images of the run's samples_final.png for seed 0
     generator = OnnxGenerator(conditional / "generator.onnx")

@@ -24,7 +24,16 @@ from wandb_reader import config_values, history_rows, read_records
 
 from gan.artifacts import CONFIG_FILE, GENERATOR_FILE, load_generator, plain_state_dict, save_final_generators
 from gan.checkpointing import CHECKPOINTS, RESUME_CHANGEABLE, STATE_TENSORS, ResumePlan, resumed_config
-from gan.config import CLASS_LOSS_WEIGHT, SetupError, parse_config
+from gan.config import (
+    CLASS_LOSS_WEIGHT,
+    LR_DISCRIMINATOR,
+    LR_DISCRIMINATOR_CONDITIONAL,
+    LR_GENERATOR,
+    LR_GENERATOR_CONDITIONAL,
+    MISMATCH_LOSS_WEIGHT,
+    SetupError,
+    parse_config,
+)
 from gan.data import (
     CLASS_CHARACTERS,
     CLASS_NAMES,
@@ -37,7 +46,17 @@ from gan.data import (
 )
 from gan.ema import GeneratorEMA
 from gan.models import LATENT_DIM, Discriminator, Generator
-from gan.noise import GRID_COLUMNS, GRID_SIZE, grid_inputs, latent_noise, sample_labels, step_labels, step_labels_tensor
+from gan.noise import (
+    GRID_COLUMNS,
+    GRID_SIZE,
+    grid_inputs,
+    latent_noise,
+    sample_labels,
+    step_label_offsets,
+    step_labels,
+    step_labels_tensor,
+    wrong_labels_tensor,
+)
 from gan.pictures import DIVIDER, METRICS_CSV, SAMPLES_FINAL, SAMPLES_OVER_TIME, ClassRows, grid_image, tile
 from gan.step import GAN, train_step
 
@@ -72,6 +91,38 @@ def test_step_labels_on_the_gpu_depend_on_seed_and_step_only():
     torch.randn(7, device="cuda")  # the global generator moving on changes nothing
     assert torch.equal(torch.cat([draw(5, 17, rank, 2) for rank in range(2)]), whole)
     assert not torch.equal(draw(5, 18), whole)
+
+
+def test_wrong_labels_are_never_the_real_ones_and_shard_one_global_draw():
+    real = torch.from_numpy(step_labels(3, 4, 10_000, CLASSES))  # any labels will do
+    wrong = wrong_labels_tensor(5, 17, real, 10_000, CLASSES, "cpu")
+    assert wrong.dtype == torch.int64 and not (wrong == real).any()
+    assert wrong.min() >= 0 and wrong.max() < CLASSES
+    offsets = np.bincount(((wrong - real) % CLASSES).numpy(), minlength=CLASSES)
+    assert offsets[0] == 0 and offsets[1:].min() > 0.8 * 10_000 / (CLASSES - 1)  # uniform over the wrong ones
+    shards = [wrong_labels_tensor(5, 17, real[rank * 2500 : (rank + 1) * 2500], 10_000, CLASSES, "cpu", rank, 4)
+              for rank in range(4)]
+    assert torch.equal(torch.cat(shards), wrong)  # any number of processes pairs each image with the same class
+    assert torch.equal(wrong, wrong_labels_tensor(5, 17, real, 10_000, CLASSES, "cpu"))  # a resumed run: again
+    assert not torch.equal(wrong, wrong_labels_tensor(5, 18, real, 10_000, CLASSES, "cpu"))
+    assert not torch.equal(wrong, wrong_labels_tensor(6, 17, real, 10_000, CLASSES, "cpu"))
+    assert np.array_equal(step_label_offsets(5, 17, 10_000, CLASSES), ((wrong - real) % CLASSES).numpy())
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_wrong_labels_on_the_gpu_depend_on_seed_and_step_only():
+    real = torch.arange(128, device="cuda") % CLASSES
+
+    def draw(seed, step, rank=0, processes=1):
+        share = slice(rank * 128 // processes, (rank + 1) * 128 // processes)
+        return wrong_labels_tensor(seed, step, real[share], 128, CLASSES, "cuda", rank, processes)
+
+    whole = draw(5, 17)
+    assert whole.device.type == "cuda" and whole.dtype == torch.int64 and not (whole == real).any()
+    torch.randn(7, device="cuda")  # the global generator moving on changes nothing
+    assert torch.equal(torch.cat([draw(5, 17, rank, 2) for rank in range(2)]), whole)
+    assert torch.equal(draw(5, 17), whole) and not torch.equal(draw(5, 18), whole)
 
 
 def test_a_conditional_grid_is_one_row_of_eight_per_class():
@@ -152,25 +203,51 @@ def test_the_class_loss_weight_and_class_norm_default_by_model_and_define_the_ru
     assert "class_loss_weight" not in RESUME_CHANGEABLE
 
 
-def test_an_older_conditional_run_resumes_without_class_loss_and_class_norm(tmp_path):
-    """Runs from before --class-loss-weight and --class-norm recorded neither: they trained without both."""
-    settings = parse_config(["--num-classes", "10", "--class-loss-weight", "0", "--no-class-norm"]).to_dict()
-    del settings["class_loss_weight"], settings["class_norm"]
+def test_the_mismatch_loss_weight_and_the_rates_default_by_model_and_define_the_run():
+    chapter, conditional = parse_config([]), parse_config(["--num-classes", "10"])
+    assert chapter.mismatch_loss_weight == 0  # the chapter's model: its rates and no mismatch term
+    assert (chapter.lr_generator, chapter.lr_discriminator) == (LR_GENERATOR, LR_DISCRIMINATOR)
+    assert conditional.mismatch_loss_weight == MISMATCH_LOSS_WEIGHT
+    assert (conditional.lr_generator, conditional.lr_discriminator) == (LR_GENERATOR_CONDITIONAL,
+                                                                      LR_DISCRIMINATOR_CONDITIONAL)
+    given = parse_config(["--num-classes", "10", "--mismatch-loss-weight", "0", "--lr-discriminator", "1e-4"])
+    assert (given.mismatch_loss_weight, given.lr_generator, given.lr_discriminator) == (0, LR_GENERATOR_CONDITIONAL,
+                                                                                      1e-4)
+    assert (parse_config(["--num-classes", "10", "--lr", "1e-3"]).lr_generator,
+            parse_config(["--num-classes", "10", "--lr", "1e-3"]).lr_discriminator) == (1e-3, 1e-3)  # --lr: both
+    assert parse_config(["--num-classes", "10", "--mismatch-loss-weight", "2"]).to_dict()["mismatch_loss_weight"] == 2
+    assert not {"mismatch_loss_weight", "lr_generator", "lr_discriminator"} & set(RESUME_CHANGEABLE)
+
+
+def test_an_older_conditional_run_resumes_without_the_parts_it_did_not_record(tmp_path):
+    """Runs from before --class-loss-weight, --class-norm and --mismatch-loss-weight recorded none of them: they
+    trained without all three. Their learning rates were recorded, so they keep them."""
+    settings = parse_config(["--num-classes", "10", "--class-loss-weight", "0", "--no-class-norm",
+                             "--lr-generator", "2e-3", "--lr-discriminator", "4e-4"]).to_dict()
+    del settings["class_loss_weight"], settings["class_norm"], settings["mismatch_loss_weight"]
     plan = ResumePlan(tmp_path / "old", tmp_path / "old", settings=settings)
     resumed = resumed_config(parse_config(["--num-classes", "10", "--resume", "latest"]), plan)
-    assert (resumed.num_classes, resumed.class_loss_weight, resumed.class_norm) == (10, 0.0, False)
+    assert (resumed.num_classes, resumed.class_loss_weight, resumed.class_norm, resumed.mismatch_loss_weight,
+            resumed.lr_generator, resumed.lr_discriminator) == (10, 0.0, False, 0.0, 2e-3, 4e-4)
     with pytest.raises(SetupError, match="--class-loss-weight 1.0: the run"):
         resumed_config(parse_config(["--num-classes", "10", "--class-loss-weight", "1", "--resume", "latest"]), plan)
+    with pytest.raises(SetupError, match="--mismatch-loss-weight 1.0: the run"):
+        resumed_config(parse_config(["--num-classes", "10", "--mismatch-loss-weight", "1", "--resume", "latest"]),
+                       plan)
 
 
 @pytest.mark.parametrize(("argv", "expected"), [
+    (["--mismatch-loss-weight", "1"], "--mismatch-loss-weight 1.0 needs a class-conditional run (--num-classes N)"),
+    (["--num-classes", "10", "--mismatch-loss-weight", "-1"], "--mismatch-loss-weight must be 0 or positive, got -1.0"),
+    (["--num-classes", "10", "--mismatch-loss-weight", "nan"], "--mismatch-loss-weight must be 0 or positive, got nan"),
+    (["--num-classes", "10", "--mismatch-loss-weight", "inf"], "--mismatch-loss-weight must be finite, got inf"),
     (["--class-norm"], "--class-norm needs a class-conditional run (--num-classes N)"),
     (["--class-loss-weight", "1"], "--class-loss-weight 1.0 needs a class-conditional run (--num-classes N)"),
     (["--num-classes", "10", "--class-loss-weight", "-1"], "--class-loss-weight must be 0 or positive, got -1.0"),
     (["--num-classes", "10", "--class-loss-weight", "nan"], "--class-loss-weight must be 0 or positive, got nan"),
     (["--num-classes", "10", "--class-loss-weight", "inf"], "--class-loss-weight must be finite, got inf"),
 ])
-def test_bad_class_loss_weights_and_class_norm_are_refused_at_parse_time(argv, expected, capsys):
+def test_bad_conditional_settings_are_refused_at_parse_time(argv, expected, capsys):
     with pytest.raises(SystemExit) as exit_info:
         parse_config(argv)
     assert exit_info.value.code == 2 and expected in capsys.readouterr().err
@@ -184,9 +261,10 @@ def _sgd(module: torch.nn.Module) -> torch.optim.SGD:
 
 
 def _reference_step(generator, discriminator, opt_g, opt_d, real, real_classes, noise, fake_classes,
-                    class_loss_weight=0.0):
+                    class_loss_weight=0.0, wrong_classes=None, mismatch_loss_weight=0.0):
     """The chapter's step written out literally, each network given the images' classes; with a class loss weight,
-    AC-GAN's class terms on the real images (D) and on the fakes (G) added."""
+    AC-GAN's class terms on the real images (D) and on the fakes (G) added; with a mismatch loss weight, D's verdict
+    on the real images shown with their wrong classes, labelled fake, added to the D step."""
     ones, zeros = torch.ones(len(real), dtype=real.dtype), torch.zeros(len(real), dtype=real.dtype)
 
     def judged(images, classes, target):  # BCE towards target, plus the class term when there is one
@@ -198,6 +276,12 @@ def _reference_step(generator, discriminator, opt_g, opt_d, real, real_classes, 
 
     discriminator.zero_grad()
     judged(real, real_classes, ones).backward()
+    if mismatch_loss_weight:
+        # a second look at the same batch: the same BatchNorm statistics, but not a second batch for the running ones
+        running = {name: value.clone() for name, value in discriminator.named_buffers()}
+        wrong = F.binary_cross_entropy_with_logits(discriminator(real, wrong_classes), zeros)
+        (mismatch_loss_weight * wrong).backward()
+        discriminator.load_state_dict({**discriminator.state_dict(), **running})
     fake = generator(noise, fake_classes)
     F.binary_cross_entropy_with_logits(discriminator(fake.detach(), fake_classes), zeros).backward()
     opt_d.step()
@@ -206,8 +290,8 @@ def _reference_step(generator, discriminator, opt_g, opt_d, real, real_classes, 
     opt_g.step()
 
 
-@pytest.mark.parametrize("class_loss_weight", [0.0, 1.5])
-def test_labelled_train_step_matches_the_chapter_step_with_classes(class_loss_weight):
+@pytest.mark.parametrize("class_loss_weight, mismatch_loss_weight", [(0.0, 0.0), (1.5, 0.0), (0.0, 0.7), (1.5, 0.7)])
+def test_labelled_train_step_matches_the_chapter_step_with_classes(class_loss_weight, mismatch_loss_weight):
     """Small networks in float64 (a full-size float64 step takes seconds on 2 cores); the same code at any size."""
     latent_dim, width, batch = 16, 8, 16
 
@@ -226,8 +310,11 @@ def test_labelled_train_step_matches_the_chapter_step_with_classes(class_loss_we
         real_classes = torch.randint(0, CLASSES, (batch,))
         noise = torch.randn(batch, latent_dim, dtype=torch.float64)
         fake_classes = step_labels_tensor(0, step, batch, CLASSES, "cpu")
-        metrics = train_step(accelerator, gan, real, noise, 1.0, real_classes, fake_classes, class_loss_weight)
-        _reference_step(*reference, *ref_opts, real, real_classes, noise, fake_classes, class_loss_weight)
+        wrong_classes = wrong_labels_tensor(0, step, real_classes, batch, CLASSES, "cpu")
+        metrics = train_step(accelerator, gan, real, noise, 1.0, real_classes, fake_classes, class_loss_weight,
+                             wrong_classes if mismatch_loss_weight else None, mismatch_loss_weight)
+        _reference_step(*reference, *ref_opts, real, real_classes, noise, fake_classes, class_loss_weight,
+                        wrong_classes, mismatch_loss_weight)
         assert torch.isfinite(metrics).all()
     for ours, theirs in zip((generator, discriminator), reference, strict=True):
         for (name, a), b in zip(ours.state_dict().items(), theirs.state_dict().values(), strict=True):
@@ -236,6 +323,52 @@ def test_labelled_train_step_matches_the_chapter_step_with_classes(class_loss_we
     initial_g, initial_d = networks()
     assert not torch.equal(generator.label_embedding.weight, initial_g.label_embedding.weight)
     assert not torch.equal(discriminator.projection.weight, initial_d.projection.weight)
+
+
+def test_the_mismatch_term_is_in_d_loss_and_teaches_d_to_reject_wrong_classes():
+    real, noise, real_classes, fake_classes = _step_inputs()
+    wrong_classes = wrong_labels_tensor(0, 0, real_classes, 32, CLASSES, "cpu")
+
+    def step(weight):
+        torch.manual_seed(0)
+        generator, discriminator = Generator(16, 8, CLASSES), Discriminator(8, CLASSES)
+        gan = GAN(generator, discriminator, _sgd(generator), _sgd(discriminator))
+        with torch.no_grad():
+            wrong_before = F.binary_cross_entropy_with_logits(discriminator(real, wrong_classes), torch.zeros(32))
+        metrics = train_step(Accelerator(cpu=True), gan, real, noise, 1.0, real_classes, fake_classes, 0.0,
+                             wrong_classes if weight else None, weight)
+        with torch.no_grad():
+            logits = discriminator(real, torch.stack([real_classes, wrong_classes], dim=1))
+        return metrics, wrong_before, logits
+
+    metrics, wrong_before, logits = step(2.0)
+    metrics_without, _, logits_without = step(0.0)
+    # d_loss carries weight x the BCE of the wrong pairs (before the step: the step's own forward pass)
+    torch.testing.assert_close(metrics[0] - metrics_without[0], 2.0 * wrong_before, rtol=0, atol=1e-5)
+    torch.testing.assert_close(metrics[2:], metrics_without[2:])  # D(x) is still judged with the right classes
+    # after one step, D tells an image's class from a wrong one better than without the term
+    margin, margin_without = ((lg[:, 0] - lg[:, 1]).mean() for lg in (logits, logits_without))
+    assert margin > margin_without
+
+
+def test_a_mismatch_weight_without_wrong_classes_is_refused():
+    real, noise, real_classes, fake_classes = _step_inputs()
+    with pytest.raises(ValueError, match="wrong_classes"):
+        train_step(Accelerator(cpu=True), _class_loss_gan(0.0), real, noise, 1.0, real_classes, fake_classes, 0.0,
+                   None, 0.5)
+
+
+def test_the_discriminator_judges_k_classes_per_image_in_one_pass():
+    torch.manual_seed(0)
+    discriminator = Discriminator(8, CLASSES, class_head=True).eval()
+    images = torch.rand(12, 1, 28, 28) * 2 - 1
+    classes = torch.randint(0, CLASSES, (12, 3))
+    logits, class_logits = discriminator(images, classes, classify=True)
+    assert logits.shape == (12, 3)
+    for k in range(3):
+        single, single_class_logits = discriminator(images, classes[:, k], classify=True)
+        torch.testing.assert_close(logits[:, k], single)
+        torch.testing.assert_close(class_logits, single_class_logits)
 
 
 def test_the_step_uses_the_classes_it_is_given():
@@ -446,6 +579,8 @@ def test_world_size_invariance_of_a_conditional_run(world_size_runs):
     configs = [json.loads((world_size_runs / run / CONFIG_FILE).read_text()) for run in ("p1", "p2")]
     assert [(c["world_size"], c["final_step"], c["num_classes"]) for c in configs] == [(1, STEPS, 10), (2, STEPS, 10)]
     assert all(c["class_names"] == CHARACTERS for c in configs)
+    # the conditional defaults, the matching-aware loss's wrong classes included, hold across world sizes
+    assert all(c["mismatch_loss_weight"] == MISMATCH_LOSS_WEIGHT > 0 and c["class_loss_weight"] > 0 for c in configs)
 
 
 @pytest.fixture(scope="module")
