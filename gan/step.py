@@ -80,10 +80,9 @@ def train_step(accelerator: Accelerator, gan: GAN, real: torch.Tensor, noise: to
     draw the class it was asked for. The real images pass through D once for both classes.
 
     Returns this process's detached metrics (order of ``STEP_METRICS``) on the training device: d_loss and g_loss
-    (each with its class and mismatch terms, if any), the mean probabilities D(x) (with their own class) and
-    D(G(z)) seen by the D step, and how many of
-    the two optimizer steps fp16 loss scaling skipped. Nothing here reads a value back to the host, so the host can
-    queue the next step at once.
+    (each with its class and mismatch terms, if any), the mean probabilities D(x) (each image with its own class)
+    and D(G(z)) seen by the D step, and how many of the two optimizer steps fp16 loss scaling skipped. Nothing here
+    reads a value back to the host, so the host can queue the next step at once.
     """
     scales = []  # the fp16 loss scale around each optimizer step (none without a scaler)
 
