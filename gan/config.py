@@ -380,17 +380,15 @@ class TrainConfig:
             found.append(f"--eval-samples must be at least {least} (precision/recall compare each sample with its "
                          f"{PRECISION_RECALL_K} nearest neighbours{', in each class' if self.num_classes else ''}), "
                          f"got {self.eval_samples}")
-        if not self.class_loss_weight >= 0:  # also NaN
-            found.append(f"--class-loss-weight must be 0 or positive, got {self.class_loss_weight}")
-        elif self.class_loss_weight and not self.num_classes:
-            found.append(f"--class-loss-weight {self.class_loss_weight} needs a class-conditional run (--num-classes "
-                         f"N): the chapter's unconditional model has no classes to learn; drop the flag")
-        if not self.mismatch_loss_weight >= 0:  # also NaN
-            found.append(f"--mismatch-loss-weight must be 0 or positive, got {self.mismatch_loss_weight}")
-        elif self.mismatch_loss_weight and not self.num_classes:
-            found.append(f"--mismatch-loss-weight {self.mismatch_loss_weight} needs a class-conditional run "
-                         f"(--num-classes N): the chapter's unconditional model has no classes to mismatch; drop "
-                         f"the flag")
+        # the conditional losses' weights, and what the chapter's model lacks for each
+        for name, lacking in (("class_loss_weight", "classes to learn"),
+                              ("mismatch_loss_weight", "classes to mismatch")):
+            weight = getattr(self, name)
+            if not weight >= 0:  # also NaN
+                found.append(f"{flag_name(name)} must be 0 or positive, got {weight}")
+            elif weight and not self.num_classes:
+                found.append(f"{flag_name(name)} {weight} needs a class-conditional run (--num-classes N): the "
+                             f"chapter's unconditional model has no {lacking}; drop the flag")
         if self.class_norm and not self.num_classes:
             found.append("--class-norm needs a class-conditional run (--num-classes N); drop the flag")
         if self.max_steps < 0:
